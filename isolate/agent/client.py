@@ -1,0 +1,126 @@
+"""The host's side of the agent channel: pooled unix-socket connections to one sandbox.
+
+Every answer comes from inside the sandbox, where untrusted code may have taken the
+agent over, so frames are size-capped and fields type-checked before use.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import IsolateError, SandboxError, error_from_code
+from .protocol import ProtocolError, decode_frame, encode_frame
+
+CONNECT_ERRORS = (FileNotFoundError, ConnectionRefusedError)
+STALE_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)
+REPLY_TIMEOUT = 120.0
+
+
+class AgentConnection:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.reader = sock.makefile("rb", buffering=65536)
+
+    def send(self, message: dict[str, Any], payload: bytes = b"") -> None:
+        self.sock.sendall(encode_frame(message, payload))
+
+    def receive(self, max_payload: int) -> tuple[dict[str, Any], bytes]:
+        return decode_frame(self.reader.read, max_payload)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+class AgentClient:
+    """Talks to the agent listening at `socket_path`; calls `start` when nothing listens there."""
+
+    def __init__(self, socket_path: Path, start: Callable[[], None], describe_failure: Callable[[], str]):
+        self.socket_path = str(socket_path)
+        self.start = start
+        self.describe_failure = describe_failure
+        self.idle: list[AgentConnection] = []
+        self.lock = threading.Lock()
+
+    def _connect(self) -> AgentConnection:
+        for attempt in range(2):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            try:
+                sock.connect(self.socket_path)
+                return AgentConnection(sock)
+            except CONNECT_ERRORS:
+                sock.close()
+                if attempt:
+                    raise SandboxError(f"sandbox agent did not start: {self.describe_failure()}") from None
+                self.start()
+        raise AssertionError("unreachable")
+
+    def _checkout(self) -> tuple[AgentConnection, bool]:
+        with self.lock:
+            if self.idle:
+                return self.idle.pop(), True
+        return self._connect(), False
+
+    def _checkin(self, conn: AgentConnection) -> None:
+        with self.lock:
+            self.idle.append(conn)
+
+    def exchange(self, message: dict[str, Any], payload: bytes = b"", *, max_payload: int = 1 << 20,
+                 timeout: float | None = REPLY_TIMEOUT) -> Iterator[tuple[dict[str, Any], bytes]]:
+        """Send one request and yield its answer frames until one is final (no `ev`, or `ev: exit`).
+
+        A pooled connection may have died with an idle agent; the request is then sent
+        again on a fresh one, which is safe because nothing was answered.
+        """
+        while True:
+            conn, pooled = self._checkout()
+            answered = False
+            try:
+                conn.sock.settimeout(timeout)
+                conn.send(message, payload)
+                while True:
+                    reply, data = conn.receive(max_payload)
+                    answered = True
+                    final = reply.get("ev") in (None, "exit")
+                    if not final:
+                        yield reply, data
+                        continue
+                    if reply.get("ok") is False:
+                        self._checkin(conn)
+                        conn = None  # type: ignore[assignment]
+                        raise error_from_code(str(reply.get("code")), str(reply.get("message"))[:2000])
+                    self._checkin(conn)
+                    conn = None  # type: ignore[assignment]
+                    yield reply, data
+                    return
+            except IsolateError:
+                raise
+            except STALE_ERRORS as exc:
+                if answered:
+                    raise SandboxError(f"sandbox agent went away mid-answer: {exc}") from None
+                if not pooled:
+                    raise SandboxError(f"sandbox agent is not answering: {self.describe_failure()}") from None
+                self.close()  # the agent behind every pooled connection is gone; retry on a fresh one
+            except TimeoutError:
+                raise SandboxError("sandbox agent did not answer in time") from None
+            except ProtocolError as exc:
+                raise SandboxError(f"sandbox agent sent a malformed answer: {exc}") from None
+            finally:
+                if conn is not None:
+                    conn.close()
+
+    def call(self, message: dict[str, Any], payload: bytes = b"", *, max_payload: int = 1 << 20) -> tuple[dict[str, Any], bytes]:
+        """A request with exactly one answer."""
+        for reply, data in self.exchange(message, payload, max_payload=max_payload):
+            return reply, data
+        raise SandboxError("sandbox agent sent no answer")
+
+    def close(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()

@@ -1,0 +1,182 @@
+"""The `isolate` command: exec, run, ls, rm, stop, read, write, cp, gc and doctor."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import sys
+import time
+from datetime import UTC, datetime
+
+from . import doctor
+from .errors import IsolateError
+from .manager import SandboxManager
+from .sandbox import Sandbox
+
+
+def _sandbox(manager: SandboxManager, name: str, backend: str | None = None) -> Sandbox:
+    return Sandbox(manager, manager.open(name, backend=backend))
+
+
+def _exec(sandbox: Sandbox, argv: list[str], args: argparse.Namespace) -> int:
+    """Stream a command's output to this terminal and return its exit status."""
+    if not argv:
+        raise IsolateError("no command given: isolate exec NAME -- CMD [ARGS...]", code="VALIDATION_FAILED")
+    env = dict(item.split("=", 1) for item in args.env or [])
+    stream = sandbox.exec(argv[0], argv[1:], stream=True, env=env, cwd=args.cwd, timeout=args.timeout)
+    for event in stream:
+        if event.type == "stdout":
+            sys.stdout.write(event.data)
+            sys.stdout.flush()
+        elif event.type == "stderr":
+            sys.stderr.write(event.data)
+            sys.stderr.flush()
+    result = stream.result
+    if result is None:
+        return 1
+    if result.reason not in ("exited", "signaled"):
+        print(f"isolate: command ended: {result.reason}", file=sys.stderr)
+    return result.exit_code
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "K", "M", "G"):
+        if value < 1024:
+            return f"{value:.0f}{unit}"
+        value /= 1024
+    return f"{value:.0f}T"
+
+
+def _age(created_at: str) -> str:
+    try:
+        seconds = time.time() - datetime.fromisoformat(created_at.replace("Z", "+00:00")).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def _split_target(target: str) -> tuple[str | None, str]:
+    """`name:/path` names a file in a sandbox; anything else is a host path."""
+    name, sep, path = target.partition(":")
+    if sep and name and not name.startswith(("/", ".")):
+        return name, path
+    return None, target
+
+
+def _copy(manager: SandboxManager, source: str, destination: str) -> None:
+    src_name, src_path = _split_target(source)
+    dst_name, dst_path = _split_target(destination)
+    if (src_name is None) == (dst_name is None):
+        raise IsolateError("cp needs exactly one side written as NAME:PATH", code="VALIDATION_FAILED")
+    if src_name is not None:
+        data = _sandbox(manager, src_name).read_file(src_path, encoding="bytes").data
+        with open(dst_path, "wb") as handle:
+            handle.write(data)
+    else:
+        with open(src_path, "rb") as handle:
+            _sandbox(manager, dst_name or "").write_file(dst_path, handle.read())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isolate", description="Named, persistent, isolated Linux sandboxes.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def exec_options(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--backend", help="backend for a new sandbox (nsjail or gvisor)")
+        sub.add_argument("--timeout", type=float, help="seconds before the command is killed")
+        sub.add_argument("--cwd", help="working directory inside the sandbox")
+        sub.add_argument("-e", "--env", action="append", metavar="KEY=VALUE", help="environment variable (repeatable)")
+        sub.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+
+    sub = commands.add_parser("exec", help="run a command in a named sandbox (created on first use)")
+    sub.add_argument("name")
+    exec_options(sub)
+    exec_options(commands.add_parser("run", help="run a command in a throwaway sandbox"))
+    commands.add_parser("ls", help="list sandboxes")
+    sub = commands.add_parser("rm", help="destroy sandboxes with their files")
+    sub.add_argument("names", nargs="+")
+    sub = commands.add_parser("stop", help="stop a sandbox's processes, keeping its files")
+    sub.add_argument("name")
+    sub = commands.add_parser("read", help="print a file from a sandbox")
+    sub.add_argument("name")
+    sub.add_argument("path")
+    sub = commands.add_parser("write", help="write stdin (or --from FILE) to a file in a sandbox")
+    sub.add_argument("name")
+    sub.add_argument("path")
+    sub.add_argument("--from", dest="source", help="host file to copy in")
+    sub = commands.add_parser("cp", help="copy a file: NAME:PATH to a host path, or a host path to NAME:PATH")
+    sub.add_argument("source")
+    sub.add_argument("destination")
+    commands.add_parser("gc", help="remove what crashed runs left behind (cgroups, processes, run folders)")
+    commands.add_parser("doctor", help="check this host and say how to fix what is missing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "argv", None) and args.argv[0] == "--":
+        args.argv = args.argv[1:]
+    manager = SandboxManager()
+    try:
+        return _dispatch(manager, args)
+    except IsolateError as exc:
+        print(f"isolate: {exc.code}: {exc.message}", file=sys.stderr)
+        return 125
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(manager: SandboxManager, args: argparse.Namespace) -> int:
+    if args.command == "exec":
+        return _exec(_sandbox(manager, args.name, args.backend), args.argv, args)
+    if args.command == "run":
+        name = "run-" + secrets.token_hex(6)
+        try:
+            return _exec(_sandbox(manager, name, args.backend), args.argv, args)
+        finally:
+            manager.destroy(name)
+    if args.command == "ls":
+        print(f"{'NAME':24} {'BACKEND':8} {'STATE':8} {'AGE':>6} {'DISK':>7} {'MEMORY':>7}")
+        for info in manager.list():
+            print(f"{info.name:24} {info.backend:8} {info.state:8} {_age(info.created_at):>6} "
+                  f"{_human(info.disk_bytes):>7} {_human(info.memory_bytes):>7}")
+        return 0
+    if args.command == "rm":
+        missing = [name for name in args.names if not manager.destroy(name)]
+        for name in missing:
+            print(f"isolate: no sandbox named {name!r}", file=sys.stderr)
+        return 1 if missing else 0
+    if args.command == "stop":
+        manager.stop(args.name)
+        return 0
+    if args.command == "read":
+        sys.stdout.buffer.write(_sandbox(manager, args.name).read_file(args.path, encoding="bytes").data)
+        return 0
+    if args.command == "write":
+        if args.source:
+            with open(args.source, "rb") as handle:
+                data = handle.read()
+        else:
+            data = sys.stdin.buffer.read()
+        _sandbox(manager, args.name).write_file(args.path, data)
+        return 0
+    if args.command == "cp":
+        _copy(manager, args.source, args.destination)
+        return 0
+    if args.command == "gc":
+        for item in manager.clean_leftovers():
+            print(f"removed {item}")
+        return 0
+    if args.command == "doctor":
+        text, healthy = doctor.report(doctor.run_checks())
+        print(text)
+        return 0 if healthy else 1
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Where isolate keeps its state, and the defaults a sandbox starts with."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .types import Limits
+
+DEFAULT_STATE_DIR = "/var/lib/isolate"
+DEFAULT_IDLE_TIMEOUT = 600.0
+# Each sandbox's root maps to one host uid of its own, taken from this range.
+DEFAULT_UID_BASE = 1_500_000_000
+UID_SLOTS = 100_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path = field(default_factory=lambda: Path(os.environ.get("ISOLATE_STATE_DIR", DEFAULT_STATE_DIR)))
+    idle_timeout: float = field(default_factory=lambda: float(os.environ.get("ISOLATE_IDLE_TIMEOUT", DEFAULT_IDLE_TIMEOUT)))
+    limits: Limits = field(default_factory=Limits)
+    backend: str = field(default_factory=lambda: os.environ.get("ISOLATE_BACKEND", "nsjail"))
+    policy: str = "default"
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.state_dir / "sandboxes"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def libexec_dir(self) -> Path:
+        return self.state_dir / "libexec"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.state_dir / "locks"
+
+    @property
+    def instance(self) -> str:
+        """Names this state folder in host-wide places (cgroups, uids), so two state folders never collide."""
+        if str(self.state_dir) == DEFAULT_STATE_DIR:
+            return "isolate"
+        return "isolate-" + hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:10]
+
+    @property
+    def uid_base(self) -> int:
+        if self.instance == "isolate":
+            return DEFAULT_UID_BASE
+        # other state folders (tests, side-by-side installs) get a uid window of their own
+        return DEFAULT_UID_BASE + UID_SLOTS * (1 + int(self.instance.split("-")[1], 16) % 5000)

