@@ -3,10 +3,10 @@
 On disk, under the state folder (default /var/lib/isolate, never visible inside a sandbox):
   sandboxes/<name>/meta.json   what the sandbox was created with (backend, uid, limits, image)
   sandboxes/<name>/upper,work  its writable layer: what persists
-  run/<name>/agent.sock        where its agent listens while it runs (host-only)
+  run/<name>/agent.sock        the door its agent holds while it runs (host-only; see agent/client.py)
   locks/<name>.lock            serializes start and destroy across processes
-A running sandbox is a detached jail; any process that connects to its socket uses it,
-and one that finds nobody listening starts it.
+A running sandbox is a detached jail; any process that knocks at its door uses it,
+and one that finds nobody holding the door starts it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import cgroups, rootfs
 from .agent import agent_argv, agent_environment
-from .agent.client import AgentClient
+from .agent.client import AgentClient, door_is_open
 from .config import UID_SLOTS, Settings
 from .errors import IsolateError, ValidationError
 from .jail import Backend, JailSpec, get_backend
@@ -174,14 +174,7 @@ class SandboxManager:
             return client
 
     def is_running(self, name: str) -> bool:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            sock.connect(str(self.socket_path(name)))
-            return True
-        except OSError:
-            return False
-        finally:
-            sock.close()
+        return door_is_open(self.socket_path(name))
 
     def start(self, name: str) -> None:
         """Start the sandbox's jail unless it already runs; the agent then answers on its socket."""
@@ -200,10 +193,9 @@ class SandboxManager:
             sock_path = self.socket_path(name)
             with contextlib.suppress(FileNotFoundError):
                 sock_path.unlink()
-            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            door = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             try:
-                listener.bind(str(sock_path))
-                listener.listen(128)
+                door.bind(str(sock_path))
                 spec = JailSpec(
                     name=name,
                     uid=record.uid,
@@ -211,15 +203,15 @@ class SandboxManager:
                     limits=record.limits,
                     cgroup=cgroup,
                     run_dir=run_dir,
-                    listen_fd=listener.fileno(),
-                    agent_argv=agent_argv(listener.fileno(), self.settings.idle_timeout),
+                    door_fd=door.fileno(),
+                    agent_argv=agent_argv(door.fileno(), self.settings.idle_timeout),
                     policy=record.policy,
                     env={**record.env, **agent_environment()},
                 )
                 pid = backend.start(spec)
                 (run_dir / "pid").write_text(str(pid))
             finally:
-                listener.close()  # the jail holds it now; if the jail dies, connecting fails at once
+                door.close()  # the jail holds it now; if the jail dies, knocking fails at once
 
     def backend(self, name: str) -> Backend:
         return get_backend(name, self.settings.libexec_dir)

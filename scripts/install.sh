@@ -5,8 +5,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -q
-apt-get install -y -q --no-install-recommends util-linux procps iproute2 git python3 ca-certificates >/dev/null
+apt() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }  # wait for another apt run instead of failing
+apt update -q
+apt install -y -q --no-install-recommends util-linux procps iproute2 git python3 ca-certificates >/dev/null
+
+# gVisor: Debian 12's own runsc (2022) rejects statx(AT_NO_AUTOMOUNT), which breaks ls and stat;
+# the build in bookworm-backports works and has the systrap platform. The suite is added to the
+# machine's existing Debian source entry (whatever mirror it names), so no host name is written here.
+sources=/etc/apt/sources.list.d/debian.sources
+if [ -f "$sources" ] && grep -q '^Suites: bookworm bookworm-updates$' "$sources"; then
+  sed -i 's/^Suites: bookworm bookworm-updates$/Suites: bookworm bookworm-updates bookworm-backports/' "$sources"
+  apt update -q
+fi
+if grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  apt install -y -q --no-install-recommends -t bookworm-backports runsc >/dev/null
+else
+  echo "install.sh: no bookworm-backports source found; gVisor (runsc) not installed" >&2
+fi
 
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 isolate doctor

@@ -22,9 +22,9 @@ SOURCE_VARIABLE = "ISOLATE_AGENT_SOURCE"
 BOOTSTRAP = f"import os;exec(compile(os.environ.pop({SOURCE_VARIABLE!r}),'isolate-agent','exec'))"
 
 
-def agent_argv(listen_fd: int, idle_timeout: float) -> list[str]:
+def agent_argv(door_fd: int, idle_timeout: float) -> list[str]:
     """The agent's command line: isolated mode, no site packages."""
-    return [AGENT_PYTHON, "-I", "-S", "-c", BOOTSTRAP, str(listen_fd), str(idle_timeout)]
+    return [AGENT_PYTHON, "-I", "-S", "-c", BOOTSTRAP, str(door_fd), str(idle_timeout)]
 
 
 def agent_environment() -> dict[str, str]:

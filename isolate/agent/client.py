@@ -1,5 +1,10 @@
 """The host's side of the agent channel: pooled unix-socket connections to one sandbox.
 
+The agent holds a "door": a datagram socket bound at a host-only path. A connection
+is a fresh socket pair whose far end is pushed through the door (SCM_RIGHTS). This
+works the same in nsjail and in gVisor, whose Sentry can receive descriptors over a
+host socket but cannot accept() on one. A door nobody holds refuses at once.
+
 Every answer comes from inside the sandbox, where untrusted code may have taken the
 agent over, so frames are size-capped and fields type-checked before use.
 """
@@ -7,6 +12,7 @@ agent over, so frames are size-capped and fields type-checked before use.
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +24,39 @@ from .protocol import ProtocolError, decode_frame, encode_frame
 CONNECT_ERRORS = (FileNotFoundError, ConnectionRefusedError)
 STALE_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)
 REPLY_TIMEOUT = 120.0
+DOOR_TIMEOUT = 30.0  # an agent that stops reading its door fills the queue; do not wait forever
+
+
+def door_is_open(path: Path | str) -> bool:
+    """Whether a live agent holds the door (connecting a datagram socket sends nothing)."""
+    door = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        door.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        door.close()
+
+
+def knock(path: Path | str) -> socket.socket:
+    """A new stream connection to the agent behind the door at `path`."""
+    near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    door = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        door.settimeout(DOOR_TIMEOUT)
+        door.connect(str(path))
+        door.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, far.fileno().to_bytes(4, sys.byteorder))])
+    except TimeoutError:
+        near.close()
+        raise SandboxError("sandbox agent is not taking connections") from None
+    except BaseException:
+        near.close()
+        raise
+    finally:
+        door.close()
+        far.close()
+    return near
 
 
 class AgentConnection:
@@ -37,7 +76,7 @@ class AgentConnection:
 
 
 class AgentClient:
-    """Talks to the agent listening at `socket_path`; calls `start` when nothing listens there."""
+    """Talks to the agent behind the door at `socket_path`; calls `start` when nobody holds it."""
 
     def __init__(self, socket_path: Path, start: Callable[[], None], describe_failure: Callable[[], str]):
         self.socket_path = str(socket_path)
@@ -48,12 +87,9 @@ class AgentClient:
 
     def _connect(self) -> AgentConnection:
         for attempt in range(2):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
-                sock.connect(self.socket_path)
-                return AgentConnection(sock)
+                return AgentConnection(knock(self.socket_path))
             except CONNECT_ERRORS:
-                sock.close()
                 if attempt:
                     raise SandboxError(f"sandbox agent did not start: {self.describe_failure()}") from None
                 self.start()

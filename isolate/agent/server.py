@@ -26,6 +26,8 @@ CHUNK = 65536
 LINGER_AFTER_EXIT = 0.25  # seconds to drain pipes still held open by a command's daemons
 MAX_LIST_ENTRIES = 100000
 EXIT_RECORD_TTL = 60.0
+FDS_PER_KNOCK = 4
+MSG_FLAGS = _socket.MSG_CMSG_CLOEXEC | _socket.MSG_DONTWAIT
 
 ERRNO_CODES = {
     errno.ENOENT: "FILE_NOT_FOUND",
@@ -67,9 +69,8 @@ class SpawnError(Exception):
 
 
 class Agent:
-    def __init__(self, listen_fd, idle_timeout):
-        os.set_inheritable(listen_fd, False)
-        self.listener = _socket.socket(fileno=listen_fd)
+    def __init__(self, door_fd, idle_timeout):
+        self.door = _socket.socket(fileno=door_fd)
         self.idle_timeout = idle_timeout
         self.lock = _thread.allocate_lock()
         self.active = 0
@@ -158,12 +159,28 @@ class Agent:
     def serve_forever(self):
         _thread.start_new_thread(self.reap_forever, ())
         while True:
-            ready, _, _ = select.select([self.listener], [], [], 1.0)
+            ready, _, _ = select.select([self.door], [], [], 1.0)
             if ready:
-                fd, _ = self.listener._accept()
-                _thread.start_new_thread(self.serve_connection, (_socket.socket(fileno=fd),))
+                for fd in self.receive_connections():
+                    _thread.start_new_thread(self.serve_connection, (_socket.socket(fileno=fd),))
             if self.idle_timeout and self.is_idle():
                 os._exit(0)  # as PID 1, this ends every process in the sandbox; files stay
+
+    def receive_connections(self):
+        """The door is a datagram socket; each datagram carries one end of a new host connection.
+
+        (gVisor cannot accept() on a host socket, but it can receive descriptors, so both
+        backends use this one channel.)
+        """
+        try:
+            _, ancillary, _, _ = self.door.recvmsg(1, _socket.CMSG_SPACE(4 * FDS_PER_KNOCK), MSG_FLAGS)
+        except OSError:
+            return []
+        fds = []
+        for level, kind, data in ancillary:
+            if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+                fds.extend(int.from_bytes(data[i:i + 4], sys.byteorder) for i in range(0, len(data) - 3, 4))
+        return fds
 
     def is_idle(self):
         with self.lock:
@@ -502,9 +519,21 @@ def kill_group(pid):
         pass
 
 
+def close_on_exec_all():
+    """Whatever the jail handed over (the door, a slot lock) must not reach the commands."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the listing's own descriptor, already closed
+
+
 def main(argv):
     os.umask(0o022)
     os.chdir("/")
+    close_on_exec_all()
     Agent(int(argv[1]), float(argv[2])).serve_forever()
 
 

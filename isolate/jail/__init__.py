@@ -21,7 +21,7 @@ class JailSpec:
     limits: Limits
     cgroup: SandboxCgroup
     run_dir: Path  # host-only folder for this sandbox's logs
-    listen_fd: int  # the agent's listening socket, inherited into the jail
+    door_fd: int  # the agent's door (a bound datagram socket), inherited into the jail
     agent_argv: list[str]
     policy: str = "default"
     hostname: str = "sandbox"

@@ -110,7 +110,7 @@ def render_config(spec: JailSpec) -> str:
         "silent: true",
         "nice_level: 0",
         "log_level: WARNING",
-        f"pass_fd: {spec.listen_fd}",
+        f"pass_fd: {spec.door_fd}",
         "rlimit_as_type: INF",
         "rlimit_core: 0",
         "rlimit_cpu_type: INF",
@@ -175,7 +175,7 @@ class NsjailBackend:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=log,
-                    pass_fds=(spec.listen_fd, config_fd),
+                    pass_fds=(spec.door_fd, config_fd),
                     start_new_session=True,
                     env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
                 )
