@@ -24,15 +24,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import cgroups, rootfs
-from .agent import agent_argv, agent_environment
+from .agent import agent_environment
 from .agent.client import AgentClient, door_is_open
 from .config import UID_SLOTS, Settings
 from .errors import IsolateError, ValidationError
-from .jail import Backend, JailSpec, get_backend
+from .jail import BACKENDS, Backend, JailSpec, get_backend
 from .types import Limits, SandboxInfo
 from .validation import check_name
-
-BACKENDS = ("nsjail",)
 
 
 @dataclass(frozen=True)
@@ -187,7 +185,7 @@ class SandboxManager:
             backend = self.backend(record.backend)
             cgroup = self.cgroup(name)
             cgroup.kill()  # leftovers of a jail that died half-way
-            cgroup.create(record.limits)
+            cgroup.create(backend.host_limits(record.limits))
             run_dir = self.run_dir(name)
             run_dir.mkdir(mode=0o700, exist_ok=True)
             sock_path = self.socket_path(name)
@@ -204,7 +202,7 @@ class SandboxManager:
                     cgroup=cgroup,
                     run_dir=run_dir,
                     door_fd=door.fileno(),
-                    agent_argv=agent_argv(door.fileno(), self.settings.idle_timeout),
+                    idle_timeout=self.settings.idle_timeout,
                     policy=record.policy,
                     env={**record.env, **agent_environment()},
                 )
@@ -231,7 +229,7 @@ class SandboxManager:
             self.cgroup(name).kill()
             record = self.load(name)
             if record is not None:
-                self.backend(record.backend).cleanup(name, self.run_dir(name))
+                self.backend(record.backend).cleanup(self.run_dir(name), self.sandbox_dir(name))
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path(name).unlink()
 
@@ -244,7 +242,7 @@ class SandboxManager:
             cgroup = self.cgroup(name)
             cgroup.remove()
             if record is not None:
-                self.backend(record.backend).cleanup(name, self.run_dir(name))
+                self.backend(record.backend).cleanup(self.run_dir(name), self.sandbox_dir(name))
             shutil.rmtree(self.run_dir(name), ignore_errors=True)
             shutil.rmtree(self.sandbox_dir(name), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):

@@ -41,12 +41,21 @@ SKELETON_FOLDERS = ("proc", "dev", "sys", "tmp", "workspace", "root", "home", "r
 UPPER_FOLDERS = {"workspace": 0o755, "tmp": 0o1777, "root": 0o700, "home": 0o755, "var/tmp": 0o1777}
 
 
+# Where a backend that mounts the overlay on the host side (gVisor) mounts it, in a private
+# mount namespace only. It sits in the sandbox's own folder, which the sandbox's uid can reach.
+MOUNT_POINT = "root"
+
+
 @dataclass(frozen=True)
 class RootfsPlan:
     lower: Path
     upper: Path
     work: Path
     read_only_binds: tuple[str, ...] = field(default=())  # host folders shown at the same path
+
+    @property
+    def mount_point(self) -> Path:
+        return self.upper.parent / MOUNT_POINT
 
 
 def host_image(images_dir: Path) -> tuple[Path, tuple[str, ...]]:

@@ -3,6 +3,8 @@ gets a JailSpec and starts the agent as the sandbox's long-lived main process.""
 
 from __future__ import annotations
 
+import subprocess
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -11,6 +13,8 @@ from ..cgroups import SandboxCgroup
 from ..errors import ValidationError
 from ..rootfs import RootfsPlan
 from ..types import Limits
+
+AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class JailSpec:
     cgroup: SandboxCgroup
     run_dir: Path  # host-only folder for this sandbox's logs
     door_fd: int  # the agent's door (a bound datagram socket), inherited into the jail
-    agent_argv: list[str]
+    idle_timeout: float  # the agent ends the sandbox after this long without calls
     policy: str = "default"
     hostname: str = "sandbox"
     env: dict[str, str] = field(default_factory=dict)
@@ -31,11 +35,22 @@ class JailSpec:
 class Backend(Protocol):
     name: str
 
+    def host_limits(self, limits: Limits) -> Limits:
+        """The limits for the sandbox's host cgroup (a backend may need room for its own processes)."""
+
     def start(self, spec: JailSpec) -> int:
         """Start the jail detached from the caller; return the pid of its host-side supervisor."""
 
-    def cleanup(self, name: str, run_dir: Path) -> None:
+    def cleanup(self, run_dir: Path, sandbox_dir: Path) -> None:
         """Remove what the backend keeps beside the cgroup (called after its processes are gone)."""
+
+
+BACKENDS = ("nsjail", "gvisor")
+
+
+def reap_in_background(process: subprocess.Popen[bytes]) -> None:
+    """The jail outlives calls but not necessarily this process; reap its supervisor if it ends first."""
+    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()
 
 
 def get_backend(name: str, libexec_dir: Path) -> Backend:
@@ -43,4 +58,8 @@ def get_backend(name: str, libexec_dir: Path) -> Backend:
         from .nsjail import NsjailBackend
 
         return NsjailBackend(libexec_dir)
-    raise ValidationError(f"unknown backend {name!r} (known: nsjail)")
+    if name == "gvisor":
+        from .gvisor import GvisorBackend
+
+        return GvisorBackend(libexec_dir)
+    raise ValidationError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")

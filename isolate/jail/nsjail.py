@@ -21,8 +21,10 @@ import subprocess
 from pathlib import Path
 
 from .. import policy
+from ..agent import agent_argv
 from ..errors import HostError
-from . import JailSpec
+from ..types import Limits
+from . import AGENT_ENV, JailSpec, reap_in_background
 
 SUPERVISOR = r"""
 uid=$1 config=$2 nsjail=$3 count=$4
@@ -34,7 +36,6 @@ while [ "$count" -gt 0 ]; do
 done
 exec setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
 """
-AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 # /proc entries that describe or steer the host kernel; each is hidden behind an empty file.
 PROC_MASKS = ("kcore", "keys", "key-users", "sched_debug", "timer_list", "sysrq-trigger", "kallsyms", "kmsg", "latency_stats", "acpi", "scsi")
@@ -161,6 +162,10 @@ class NsjailBackend:
     def __init__(self, libexec_dir: Path):
         self.libexec_dir = libexec_dir
 
+    def host_limits(self, limits: Limits) -> Limits:
+        """The jail's processes are the sandbox's processes: its limits apply as they are."""
+        return limits
+
     def start(self, spec: JailSpec) -> int:
         binary = stage_nsjail(self.libexec_dir)
         config_fd = os.memfd_create("nsjail.cfg", 0)
@@ -168,7 +173,8 @@ class NsjailBackend:
             os.write(config_fd, render_config(spec).encode())
             os.lseek(config_fd, 0, os.SEEK_SET)
             procs = spec.cgroup.procs_files()
-            argv = ["/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary), str(len(procs)), *procs, *spec.agent_argv]
+            argv = ["/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary), str(len(procs)), *procs,
+                    *agent_argv(spec.door_fd, spec.idle_timeout)]
             with open(spec.run_dir / "jail.log", "ab") as log:
                 process = subprocess.Popen(
                     argv,
@@ -181,15 +187,8 @@ class NsjailBackend:
                 )
         finally:
             os.close(config_fd)
-        _reap_in_background(process)
+        reap_in_background(process)
         return process.pid
 
-    def cleanup(self, name: str, run_dir: Path) -> None:
+    def cleanup(self, run_dir: Path, sandbox_dir: Path) -> None:
         """nsjail keeps nothing beside the cgroup: its mounts die with its mount namespace."""
-
-
-def _reap_in_background(process: subprocess.Popen[bytes]) -> None:
-    """The jail outlives calls but not necessarily this process; reap it if it ends first."""
-    import threading
-
-    threading.Thread(target=process.wait, name=f"reap-{process.pid}", daemon=True).start()

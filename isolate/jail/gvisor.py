@@ -1,0 +1,242 @@
+"""The gVisor backend: the same sandbox (overlay root, agent as PID 1, door, cgroups) under runsc.
+
+How a sandbox starts:
+1. `sh` (root) joins the sandbox's cgroups, so runsc's own processes (the Sentry, the
+   gofer and the systrap stubs) are charged and limited; runsc is told to leave cgroups
+   alone (`--ignore-cgroups`).
+2. `unshare` gives it a private mount namespace, where the overlay root (the same
+   on-disk upper layer as nsjail's, `userxattr`) is mounted: nothing is ever mounted in
+   the host's namespace, and the kernel unmounts it when runsc's processes end, however
+   they end.
+3. `runsc run --detach` boots the OCI bundle written here: the agent as PID 1, root
+   inside mapped to the sandbox's own host uid (so files in the upper layer belong to it,
+   as with nsjail), no capabilities, no_new_privs, rlimits, no network but loopback,
+   the project's seccomp policy rendered for the Sentry, and runsc's own in-memory rootfs
+   overlay turned off (`--overlay2=none`) so every write lands in the upper folder.
+   The door comes in with `--pass-fd`, and so does a slot lock: a host-wide bound on
+   running gVisor sandboxes (see `Slots`).
+
+The host limits leave room for the Sentry: gVisor's own threads count against a host pids
+limit (hitting it makes the Sentry panic) and its memory against the host memory limit
+(hitting it ends the whole sandbox, which is then reported as an OOM). Inside, the sandbox's
+pids limit is RLIMIT_NPROC, which the Sentry enforces for the sandbox's processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .. import kafel, policy
+from ..agent import agent_argv
+from ..errors import IsolateError
+from ..rootfs import MOUNT_POINT
+from ..types import Limits
+from . import AGENT_ENV, JailSpec, reap_in_background
+from .runsc import best_platform, find_runsc
+
+SUPERVISOR = r"""
+count=$1
+shift
+while [ "$count" -gt 0 ]; do
+  echo $$ > "$1" || exit 97
+  shift
+  count=$((count - 1))
+done
+exec unshare --mount --propagation private -- /bin/sh -c 'mount -t overlay -o "$2" overlay "$1" || exit 96; shift 2; exec "$@"' isolate-mount "$@"
+"""
+DOOR_FD, SLOT_FD = 3, 4  # where the agent finds them inside
+SENTRY_MEMORY_MB = 192  # the Sentry, gofer and page tables beside the sandbox's own memory
+SENTRY_PIDS = 512  # host threads of the Sentry and gofer, plus one stub per sandbox process
+SLOTS_DIR = Path("/run/isolate/gvisor-slots")
+MAX_VARIABLE, WAIT_VARIABLE = "ISOLATE_GVISOR_MAX", "ISOLATE_GVISOR_WAIT"
+DEFAULT_WAIT = 30.0
+# ENOSYS denials exist so that libc falls back (clone3 -> clone); runsc 2024's OCI seccomp
+# answers every denial with EPERM, which would break thread creation instead.
+SKIPPED_ERRNOS = frozenset({errno.ENOSYS})
+
+
+def default_max_sandboxes() -> int:
+    """Each idle systrap sandbox costs 2-3 % of a CPU (measured): 8 per CPU keeps a host responsive."""
+    return 8 * (os.cpu_count() or 1)
+
+
+def container_id(name: str) -> str:
+    """Fixed width, because runsc resolves ids by prefix (`sc1` would also match `sc10`)."""
+    return "isolate-" + hashlib.sha256(name.encode()).hexdigest()[:24]
+
+
+class Slots:
+    """A host-wide bound on running gVisor sandboxes: one flock'ed file per running sandbox.
+
+    The lock's file descriptor is handed to the Sentry, so the slot is held exactly as
+    long as the sandbox runs and the kernel frees it when the sandbox ends, even after a
+    crash of everything else.
+    """
+
+    def __init__(self, folder: Path = SLOTS_DIR, limit: int | None = None, wait: float | None = None):
+        self.folder = folder
+        self.limit = limit if limit is not None else int(os.environ.get(MAX_VARIABLE, default_max_sandboxes()))
+        self.wait = wait if wait is not None else float(os.environ.get(WAIT_VARIABLE, DEFAULT_WAIT))
+
+    def acquire(self) -> int:
+        """A descriptor holding a free slot; waits up to `wait` seconds, then fails with RESOURCE_BUSY."""
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.wait
+        while True:
+            for slot in range(self.limit):
+                fd = os.open(self.folder / f"{slot}.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return fd
+                except BlockingIOError:
+                    os.close(fd)
+            if time.monotonic() >= deadline:
+                raise IsolateError(
+                    f"{self.limit} gVisor sandboxes already run on this host ({MAX_VARIABLE}); stop one or raise the bound",
+                    code="RESOURCE_BUSY",
+                )
+            time.sleep(0.1)
+
+    def in_use(self) -> int:
+        count = 0
+        for slot in range(self.limit):
+            try:
+                fd = os.open(self.folder / f"{slot}.lock", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                count += 1
+            finally:
+                os.close(fd)
+        return count
+
+
+def _rlimit(kind: str, value: int) -> dict[str, object]:
+    return {"type": kind, "hard": value, "soft": value}
+
+
+def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
+    """The OCI runtime config of a sandbox."""
+    limits = spec.limits
+    mounts: list[dict[str, object]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "nodev", "noexec"]},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "noexec", "mode=755", "size=1m"]},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "nodev", "mode=1777", "size=64m"]},
+        # named explicitly, or runsc puts a memory-backed tmpfs over /tmp: it stays in the upper layer, as with nsjail
+        {"destination": "/tmp", "type": "bind", "source": str(rootfs_dir / "tmp"), "options": ["rbind", "rw", "nosuid", "nodev"]},
+    ]
+    mounts += [{"destination": folder, "type": "bind", "source": folder, "options": ["rbind", "ro", "nosuid", "nodev"]}
+               for folder in spec.rootfs.read_only_binds]
+    no_capabilities: dict[str, list[str]] = {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []}
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": agent_argv(DOOR_FD, spec.idle_timeout),
+            "env": [f"{key}={value}" for key, value in {**AGENT_ENV, **spec.env}.items()],
+            "cwd": "/",
+            "capabilities": no_capabilities,
+            "noNewPrivileges": True,
+            "rlimits": [
+                _rlimit("RLIMIT_NOFILE", limits.open_files),
+                _rlimit("RLIMIT_FSIZE", limits.file_size_mb * 1024 * 1024),
+                _rlimit("RLIMIT_NPROC", limits.pids),
+                _rlimit("RLIMIT_CORE", 0),
+            ],
+        },
+        "root": {"path": str(rootfs_dir), "readonly": False},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount", "user")],
+            "uidMappings": [{"containerID": 0, "hostID": spec.uid, "size": 1}],
+            "gidMappings": [{"containerID": 0, "hostID": spec.uid, "size": 1}],
+            "seccomp": kafel.to_oci(kafel.parse(policy.load(spec.policy)), skip_errnos=SKIPPED_ERRNOS),
+        },
+    }
+
+
+class GvisorBackend:
+    name = "gvisor"
+
+    def __init__(self, libexec_dir: Path, slots: Slots | None = None):
+        self.libexec_dir = libexec_dir
+        self.slots = slots or Slots()
+
+    def host_limits(self, limits: Limits) -> Limits:
+        return replace(limits, memory_mb=limits.memory_mb + SENTRY_MEMORY_MB, pids=limits.pids + SENTRY_PIDS)
+
+    def start(self, spec: JailSpec) -> int:
+        binary = find_runsc()
+        platform = best_platform(self.libexec_dir / "runsc-platforms.json")
+        plan = spec.rootfs
+        state, bundle, rootfs_dir = spec.run_dir / "runsc", spec.run_dir / "bundle", plan.mount_point
+        self.cleanup(spec.run_dir, plan.upper.parent)  # what a sandbox that ended left (runsc's record of it)
+        bundle.mkdir(mode=0o700)
+        rootfs_dir.mkdir(mode=0o755)
+        (bundle / "config.json").write_text(json.dumps(render_spec(spec, rootfs_dir)))
+        overlay = f"nosuid,nodev,lowerdir={plan.lower},upperdir={plan.upper},workdir={plan.work},userxattr"
+        runsc = [str(binary), f"--root={state}", f"--platform={platform}", "--network=none", "--overlay2=none",
+                 "--ignore-cgroups", "--oci-seccomp", "run", "--detach", f"--bundle={bundle}",
+                 f"--pass-fd={spec.door_fd}:{DOOR_FD}"]
+        slot = self.slots.acquire()
+        try:
+            procs = spec.cgroup.procs_files()
+            argv = ["/bin/sh", "-c", SUPERVISOR, "isolate-gvisor", str(len(procs)), *procs, str(rootfs_dir), overlay,
+                    *runsc, f"--pass-fd={slot}:{SLOT_FD}", container_id(spec.name)]
+            with open(spec.run_dir / "jail.log", "ab") as log:
+                process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                           pass_fds=(spec.door_fd, slot), start_new_session=True,
+                                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        finally:
+            os.close(slot)  # the Sentry holds it now
+        reap_in_background(process)
+        return process.pid
+
+    def cleanup(self, run_dir: Path, sandbox_dir: Path) -> None:
+        """runsc's state folder, the bundle and the root mount point; processes ended with the
+        sandbox's cgroup, and the overlay with them (it was only mounted in their namespace).
+
+        The mount point is only ever rmdir'ed, never walked: were the overlay somehow mounted
+        there in this namespace, a recursive delete would erase the sandbox's files.
+        """
+        mount_point = sandbox_dir / MOUNT_POINT
+        unmount_under(mount_point)
+        for folder in (run_dir / "runsc", run_dir / "bundle"):
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(folder)
+        with contextlib.suppress(FileNotFoundError):
+            mount_point.rmdir()
+
+
+def unmount_under(folder: Path) -> list[str]:
+    """Detach whatever is mounted at or below `folder` in this mount namespace (none is, unless a crash left it)."""
+    prefix = str(folder.resolve()).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as handle:
+        points = [line.split()[4].encode().decode("unicode_escape") for line in handle]
+    found = sorted((p for p in points if (p + "/").startswith(prefix)), key=len, reverse=True)
+    for point in found:
+        with contextlib.suppress(OSError):
+            _umount(point)
+    return found
+
+
+def _umount(path: str) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(path.encode(), 2) != 0:  # MNT_DETACH
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
