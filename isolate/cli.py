@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--timeout", type=float, help="seconds before the command is killed")
         sub.add_argument("--cwd", help="working directory inside the sandbox")
         sub.add_argument("-e", "--env", action="append", metavar="KEY=VALUE", help="environment variable (repeatable)")
-        sub.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+        sub.add_argument("argv", nargs="*", help="-- CMD [ARGS...]")
 
     sub = commands.add_parser("exec", help="run a command in a named sandbox (created on first use)")
     sub.add_argument("name")
@@ -117,9 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "argv", None) and args.argv[0] == "--":
-        args.argv = args.argv[1:]
+    words = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in words:  # everything after the first `--` is the command, options before it are isolate's
+        split = words.index("--")
+        words, command = words[:split], words[split + 1 :]
+    args = build_parser().parse_args(words)
+    if hasattr(args, "argv"):
+        args.argv = [*args.argv, *command]
     manager = SandboxManager()
     try:
         return _dispatch(manager, args)

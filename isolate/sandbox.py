@@ -47,6 +47,17 @@ def _number(reply: dict[str, Any], key: str, kind: type = float) -> Any:
     return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else kind(0)
 
 
+def _ended_by_oom(frames: Iterator[tuple[dict[str, Any], bytes]], cgroup: Any, ooms_before: int) -> Iterator[tuple[dict[str, Any], bytes]]:
+    """The agent's frames; if the agent died mid-exec because the host's OOM killer ended the
+    sandbox (gVisor: the Sentry holds all of its memory), a final SIGKILL exit frame instead."""
+    try:
+        yield from frames
+    except SandboxError:
+        if cgroup.oom_kills() <= ooms_before:
+            raise
+        yield {"ev": "exit", "reason": "signaled", "signal": signal.SIGKILL, "exit_code": 128 + signal.SIGKILL}, b""
+
+
 class ExecStream:
     """A streamed exec: iterate for events as they happen; `result` once it completed."""
 
@@ -153,7 +164,7 @@ class Sandbox:
             decoders = {1: codecs.getincrementaldecoder("utf-8")("replace"), 2: codecs.getincrementaldecoder("utf-8")("replace")}
             collected: dict[int, list[str]] = {1: [], 2: []}
             frames = client.exchange(request, data or b"", max_payload=1 << 20, timeout=float(request["timeout"]) + 30)
-            for reply, chunk in frames:
+            for reply, chunk in _ended_by_oom(frames, cgroup, ooms_before):
                 kind = reply.get("ev")
                 if kind == "start":
                     yield ExecEvent("start", timestamp=now_iso())

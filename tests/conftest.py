@@ -1,7 +1,10 @@
 """Shared fixtures: a private state folder per test run, real sandboxes, and a leak check at the end.
 
-Integration tests start real nsjail (and gVisor) sandboxes; they need root and the
+Integration tests start real nsjail and gVisor sandboxes; they need root and the
 backend's binary. Where either is missing they skip and say why; CI has both.
+Every test that uses a sandbox (or the manager) runs once per backend in
+ISOLATE_TEST_BACKENDS: `backend` is a session-wide parameter, so all of one backend's
+tests run together on one manager whose default backend it is.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from isolate import Limits, Sandbox, SandboxManager, Settings, cgroups
+from isolate.jail.runsc import find_runsc
 
 BACKENDS = [b for b in os.environ.get("ISOLATE_TEST_BACKENDS", "nsjail").split(",") if b]
 
@@ -31,8 +35,11 @@ def backend_missing(backend: str) -> str | None:
             find_nsjail()
         except Exception as exc:
             return f"nsjail unavailable: {exc}"
-    elif shutil.which("runsc") is None:
-        return "runsc (gVisor) is not installed"
+    else:
+        try:
+            find_runsc()
+        except Exception as exc:
+            return str(exc)
     return None
 
 
@@ -45,12 +52,18 @@ def state_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def manager(state_dir: Path) -> Iterator[SandboxManager]:
-    reason = backend_missing("nsjail")
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    reason = backend_missing(request.param)
     if reason:
-        pytest.skip(reason)
-    settings = Settings(state_dir=state_dir, idle_timeout=600, limits=Limits(memory_mb=256, pids=128, exec_timeout=60))
+        pytest.skip(f"{request.param}: {reason}")
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def manager(state_dir: Path, backend: str) -> Iterator[SandboxManager]:
+    settings = Settings(state_dir=state_dir, idle_timeout=600, backend=backend,
+                        limits=Limits(memory_mb=256, pids=128, exec_timeout=60))
     manager = SandboxManager(settings)
     yield manager
     for name in manager.names():
@@ -58,19 +71,28 @@ def manager(state_dir: Path) -> Iterator[SandboxManager]:
     leftovers = cgroups.list_sandbox_cgroups(settings.instance)
     for name in leftovers:
         cgroups.SandboxCgroup(settings.instance, name).remove()
+    cgroups.remove_parent(settings.instance)
     assert not leftovers, f"tests left cgroups behind: {leftovers}"
+    assert not host_processes_mentioning(state_dir), "tests left processes behind"
+    with open("/proc/self/mountinfo") as handle:
+        assert str(state_dir) not in handle.read(), "tests left mounts behind"
+
+
+def host_processes_mentioning(text: object) -> list[str]:
+    """Command lines of host processes that name `text` (runsc's name their state folder)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(text) in cmdline and entry.name != str(os.getpid()):
+            found.append(cmdline)
+    return found
 
 
 def unique_name(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    reason = backend_missing(request.param)
-    if reason:
-        pytest.skip(f"{request.param}: {reason}")
-    return request.param
 
 
 @pytest.fixture

@@ -81,30 +81,32 @@ def test_destroy_leaves_nothing_behind(manager, state_dir):
     assert manager.load(name) is None
 
 
-def test_cli_exec_persists_across_processes_and_rm_cleans_up(manager, state_dir):
+def test_cli_exec_persists_across_processes_and_rm_cleans_up(manager, state_dir, backend):
     name = unique_name("cli")
-    write = cli(state_dir, "exec", name, "--", "sh", "-c", "echo hi > /workspace/f")
+    write = cli(state_dir, "exec", name, "--backend", backend, "--", "sh", "-c", "echo hi > /workspace/f")
     assert write.returncode == 0, write.stderr
-    read = cli(state_dir, "exec", name, "--", "cat", "/workspace/f")
+    read = cli(state_dir, "exec", name, "--", "cat", "/workspace/f")  # the sandbox keeps the backend it was made with
     assert (read.returncode, read.stdout) == (0, "hi\n")
     assert cli(state_dir, "exec", name, "--", "sh", "-c", "exit 7").returncode == 7
     listing = cli(state_dir, "ls")
-    assert name in listing.stdout and "running" in listing.stdout
+    line = next(line for line in listing.stdout.splitlines() if line.startswith(name))
+    assert line.split()[1:3] == [backend, "running"]
     assert cli(state_dir, "rm", name).returncode == 0
     assert not (state_dir / "sandboxes" / name).exists()
     assert name not in cgroups.list_sandbox_cgroups(manager.settings.instance)
 
 
-def test_cli_run_is_throwaway(manager, state_dir):
+def test_cli_run_is_throwaway(manager, state_dir, backend):
     before = set(manager.names())
-    result = cli(state_dir, "run", "--", "echo", "once")
+    result = cli(state_dir, "run", "--backend", backend, "--", "echo", "once")
     assert (result.returncode, result.stdout) == (0, "once\n")
     assert set(manager.names()) == before
 
 
-def test_cli_files(manager, state_dir, tmp_path):
+def test_cli_files(manager, state_dir, tmp_path, backend):
     name = unique_name("cli")
     try:
+        manager.open(name, backend=backend)
         source = tmp_path / "in.bin"
         source.write_bytes(b"\x00\x01data")
         assert cli(state_dir, "cp", str(source), f"{name}:/workspace/in.bin").returncode == 0

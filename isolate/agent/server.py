@@ -27,6 +27,8 @@ LINGER_AFTER_EXIT = 0.25  # seconds to drain pipes still held open by a command'
 MAX_LIST_ENTRIES = 100000
 EXIT_RECORD_TTL = 60.0
 FDS_PER_KNOCK = 4
+HOST_CHECK_SECONDS = 1.0  # how often a running exec checks that the host is still there
+SPAWN_RETRY_SECONDS = 1.0  # the last wait before giving up; all waits add up to about twice that
 MSG_FLAGS = _socket.MSG_CMSG_CLOEXEC | _socket.MSG_DONTWAIT
 
 ERRNO_CODES = {
@@ -103,16 +105,15 @@ class Agent:
                 self.child_started.acquire()
                 continue
             now = time.monotonic()
-            with self.lock:
+            with self.lock:  # held while writing: an exec closes its waker only after leaving the set
                 self.exits[pid] = (status, usage, now)
                 for old in [p for p, rec in self.exits.items() if now - rec[2] > EXIT_RECORD_TTL]:
                     del self.exits[old]
-                wakers = list(self.wakers)
-            for fd in wakers:
-                try:
-                    os.write(fd, b"x")
-                except OSError:
-                    pass
+                for fd in self.wakers:
+                    try:
+                        os.write(fd, b"x")  # non-blocking
+                    except OSError:
+                        pass
 
     def spawn(self, argv, env, cwd, stdin_fd, stdout_fd, stderr_fd):
         """posix_spawn (vfork and exec), not fork: no copy of the agent's address space, which
@@ -124,15 +125,30 @@ class Agent:
             except OSError as exc:
                 raise SpawnError(exc.errno or 0, "cwd") from None
             try:
-                pid = os.posix_spawn(path, argv, env, file_actions=[
+                pid = self.posix_spawn_retrying(path, argv, env, [
                     (os.POSIX_SPAWN_DUP2, stdin_fd, 0), (os.POSIX_SPAWN_DUP2, stdout_fd, 1), (os.POSIX_SPAWN_DUP2, stderr_fd, 2),
-                ], setsid=True, setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))
+                ])
             except OSError as exc:
                 raise SpawnError(exc.errno or 0, "exec") from None
             finally:
                 os.chdir("/")
         self.release_reaper()
         return pid
+
+    @staticmethod
+    def posix_spawn_retrying(path, argv, env, file_actions):
+        """Retry while the process limit is full (EAGAIN), as shells do: after a fork bomb is
+        killed, its processes take a moment to be reaped."""
+        delay = 0.01
+        while True:
+            try:
+                return os.posix_spawn(path, argv, env, file_actions=file_actions, setsid=True,
+                                      setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ))
+            except BlockingIOError:
+                if delay > SPAWN_RETRY_SECONDS:
+                    raise
+                time.sleep(delay)
+                delay *= 2
 
     def release_reaper(self):
         try:
@@ -458,10 +474,13 @@ class Exec:
             if deadline is not None and now >= deadline and self.reason is None:
                 self.reason = "timeout"
                 kill_group(pid)
-            waits = [LINGER_AFTER_EXIT if exited_at is not None else 3600.0]
+            waits = [LINGER_AFTER_EXIT if exited_at is not None else HOST_CHECK_SECONDS]
             if deadline is not None and self.reason is None:
                 waits.append(max(deadline - now, 0.0))
-            for fd, _ in poller.poll(min(waits) * 1000 + 1):
+            events = poller.poll(min(waits) * 1000 + 1)
+            if not events:
+                self.check_host()
+            for fd, _ in events:
                 if fd == wake_r:
                     os.read(wake_r, 4096)
                 elif fd == host:
@@ -484,6 +503,16 @@ class Exec:
                     self.relay(pid, outputs[fd], chunk)
         status, usage, _ = self.agent.exits.pop(pid)
         return status, usage
+
+    def check_host(self):
+        """A missed hang-up must not keep a command alive: look at the host's end now and then
+        (gVisor has been seen not to report one on a descriptor passed in from the host)."""
+        try:
+            if not self.conn.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT):
+                raise ConnectionResetError("the host closed the connection")
+        except BlockingIOError:
+            return
+        raise ConnectionResetError("the host sent data during an exec")
 
     def relay(self, pid, stream, chunk):
         room = self.limit - self.sent[stream]
