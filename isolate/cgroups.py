@@ -126,13 +126,17 @@ class SandboxCgroup:
             return _read_counter(self.root / self.parent / self.name / "memory.events", "oom_kill")
         return _read_counter(self.root / "memory" / self.parent / self.name / "memory.oom_control", "oom_kill")
 
-    def memory_bytes(self) -> int:
-        folder = self.folders[0]
-        name = "memory.current" if self.v2 else "memory.usage_in_bytes"
-        try:
-            return int((folder / name).read_text())
-        except (OSError, ValueError):
-            return 0
+    def pss_bytes(self) -> int:
+        """Proportional set size of every host process in the sandbox: what it costs the host,
+        pages shared with other processes split between them (under gVisor: the Sentry, the
+        gofer and systrap's stubs, which hold all of the sandbox's memory)."""
+        import psutil
+
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(psutil.Error):
+                total += psutil.Process(pid).memory_full_info().pss
+        return total
 
     def pids(self) -> list[int]:
         found: set[int] = set()

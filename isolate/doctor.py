@@ -84,17 +84,38 @@ def _tools() -> list[Check]:
     ]
 
 
-def _runsc() -> Check:
-    runsc = shutil.which("runsc")
-    if runsc is None:
-        return Check("runsc (gVisor)", False, "not installed", "see README: apt-get install -t bookworm-backports runsc", required=False)
-    probe = subprocess.run([runsc, "--version"], capture_output=True, text=True, timeout=10)
-    version = (probe.stdout.splitlines() or ["unknown"])[0]
-    return Check("runsc (gVisor)", probe.returncode == 0, f"{runsc}: {version}", "reinstall runsc", required=False)
+def _gvisor() -> list[Check]:
+    """runsc, each platform probed under a deadline (cached), the default, the bound, the policy rendering."""
+    from . import kafel, policy
+    from .config import Settings
+    from .jail import gvisor, runsc
+
+    try:
+        binary = runsc.find_runsc()
+    except Exception as exc:
+        return [Check("gvisor", False, str(exc), "apt-get install -t bookworm-backports runsc (see README)", required=False)]
+    checks = [Check("gvisor", True, f"{binary}: runsc {runsc.version(binary)}", required=False)]
+    cache = runsc.cache_path(Settings().libexec_dir)
+    probes = runsc.probe_platforms(cache, all_platforms=True)
+    checks += [Check(f"gvisor-{p.platform}", p.works, p.detail + ("" if p.works else "; not used"), required=False) for p in probes]
+    try:
+        checks.append(Check("gvisor platform", True, f"{runsc.best_platform(cache)} (set {runsc.PLATFORM_VARIABLE} to choose)",
+                            required=False))
+    except Exception as exc:
+        checks.append(Check("gvisor platform", False, str(exc), required=False))
+    slots = gvisor.Slots()
+    checks.append(Check("gvisor bound", True, f"at most {slots.limit} sandboxes at once ({gvisor.MAX_VARIABLE}), "
+                        f"{slots.in_use()} running", required=False))
+    try:
+        kafel.to_oci(kafel.parse(policy.load("default")), skip_errnos=gvisor.SKIPPED_ERRNOS)
+        checks.append(Check("gvisor policy", True, "the default seccomp policy renders as OCI", required=False))
+    except Exception as exc:
+        checks.append(Check("gvisor policy", False, str(exc), "apt-get install linux-libc-dev", required=False))
+    return checks
 
 
 def run_checks() -> list[Check]:
-    return [_kernel(), _root(), _user_namespaces(), _overlayfs(), _seccomp(), _cgroups(), _nsjail(), *_tools(), _runsc()]
+    return [_kernel(), _root(), _user_namespaces(), _overlayfs(), _seccomp(), _cgroups(), _nsjail(), *_tools(), *_gvisor()]
 
 
 def report(checks: list[Check]) -> tuple[str, bool]:

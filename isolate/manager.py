@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -266,33 +267,51 @@ class SandboxManager:
             state="running" if running else "stopped",
             created_at=record.created_at,
             disk_bytes=rootfs.disk_usage(self.sandbox_dir(name) / "upper"),
-            memory_bytes=self.cgroup(name).memory_bytes() if running else 0,
+            memory_bytes=self.cgroup(name).pss_bytes() if running else 0,
         )
 
     def list(self) -> list[SandboxInfo]:
         return [self.info(name) for name in self.names()]
 
     def clean_leftovers(self) -> list[str]:
-        """After a crash: remove cgroups, run folders and processes that belong to no sandbox,
-        and stop jails whose agent no longer answers. Returns what was removed."""
-        removed = []
+        """After a crash: unmount what is mounted under the state folder, remove cgroups, run
+        folders and processes that belong to no sandbox, and stop sandboxes whose agent no
+        longer answers (a healthy one keeps running: any process can use it by name).
+        Returns what was removed."""
+        removed = [f"mount:{point}" for point in rootfs.unmount_under(self.settings.state_dir)]
         known = set(self.names())
         for name in cgroups.list_sandbox_cgroups(self.settings.instance):
             if name not in known:
                 cgroups.SandboxCgroup(self.settings.instance, name).remove()
                 removed.append(f"cgroup:{name}")
+        removed += [f"process:{pid}" for pid in self._kill_strays()]
         if self.settings.run_dir.is_dir():
             for folder in self.settings.run_dir.iterdir():
                 if folder.name not in known:
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(f"run:{folder.name}")
         for name in known:
-            if not self.is_running(name) and self.cgroup(name).pids():
+            if not self.is_running(name) and (self.cgroup(name).pids() or self.run_dir(name).is_dir()):
+                had_processes = bool(self.cgroup(name).pids())
                 self.stop(name)
-                removed.append(f"processes:{name}")
+                if had_processes:
+                    removed.append(f"processes:{name}")
         if self.settings.sandboxes_dir.is_dir():
             for folder in self.settings.sandboxes_dir.iterdir():
                 if not (folder / "meta.json").exists():
                     shutil.rmtree(folder, ignore_errors=True)  # a creation that never finished
                     removed.append(f"sandbox:{folder.name}")
         return removed
+
+    def _kill_strays(self) -> list[int]:
+        """Processes outside every sandbox cgroup that still run from this state folder (runsc's
+        name their state root there). None should exist: jails join their cgroups before they start."""
+        marker = f"--root={self.settings.run_dir}/".encode()
+        ours = f":/{self.settings.instance}/"
+        killed = []
+        for entry in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                if marker in (entry / "cmdline").read_bytes() and ours not in (entry / "cgroup").read_text():
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    killed.append(int(entry.name))
+        return killed

@@ -36,6 +36,7 @@ ETC_WRITTEN = {
     "hostname": "sandbox\n",
     "resolv.conf": "",
 }
+MNT_DETACH = 2
 SKELETON_FOLDERS = ("proc", "dev", "sys", "tmp", "workspace", "root", "home", "run", "var/tmp", "mnt", "opt", "srv")
 # Folders made in every new upper layer, owned by the sandbox's own uid so its root can write there.
 UPPER_FOLDERS = {"workspace": 0o755, "tmp": 0o1777, "root": 0o700, "home": 0o755, "var/tmp": 0o1777}
@@ -124,6 +125,27 @@ def create_layers(sandbox_dir: Path, uid: int) -> None:
         os.chown(folder, uid, uid)
         if folder.parent != sandbox_dir / "upper":
             os.chown(folder.parent, uid, uid)
+
+
+def unmount_under(folder: Path) -> list[str]:
+    """Detach whatever is mounted at or below `folder` in this mount namespace, deepest first.
+
+    No backend mounts anything in the host's namespace; this is for what a crash or a
+    bug could leave, and it runs before any recursive delete of a sandbox's folders.
+    """
+    prefix = str(folder.resolve()).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as handle:
+        points = [line.split()[4].encode().decode("unicode_escape") for line in handle]
+    found = sorted((point for point in points if (point + "/").startswith(prefix)), key=len, reverse=True)
+    if found:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for point in found:
+            if libc.umount2(point.encode(), MNT_DETACH) != 0:
+                err = ctypes.get_errno()
+                raise HostError(f"cannot unmount {point}: {os.strerror(err)}")
+    return found
 
 
 def disk_usage(folder: Path) -> int:

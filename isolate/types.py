@@ -110,5 +110,5 @@ class SandboxInfo:
     backend: str
     state: Literal["running", "stopped"]
     created_at: str
-    disk_bytes: int
-    memory_bytes: int
+    disk_bytes: int  # allocated in the writable layer
+    memory_bytes: int  # PSS of all the sandbox's host processes while it runs (jail or Sentry included)

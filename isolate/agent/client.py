@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,10 @@ class AgentClient:
         """Send one request and yield its answer frames until one is final (no `ev`, or `ev: exit`).
 
         A pooled connection may have died with an idle agent; the request is then sent
-        again on a fresh one, which is safe because nothing was answered.
+        again on a fresh one, which is safe because nothing was answered. So may a fresh
+        one, once, when the agent it reached was on its way out (its door closes soon after).
         """
+        fresh_retried = False
         while True:
             conn, pooled = self._checkout()
             answered = False
@@ -139,7 +142,9 @@ class AgentClient:
                 if answered:
                     raise SandboxError(f"sandbox agent went away mid-answer: {exc}") from None
                 if not pooled:
-                    raise SandboxError(f"sandbox agent is not answering: {self.describe_failure()}") from None
+                    if fresh_retried or not self._door_closes():
+                        raise SandboxError(f"sandbox agent is not answering: {self.describe_failure()}") from None
+                    fresh_retried = True
                 self.close()  # the agent behind every pooled connection is gone; retry on a fresh one
             except TimeoutError:
                 raise SandboxError("sandbox agent did not answer in time") from None
@@ -148,6 +153,15 @@ class AgentClient:
             finally:
                 if conn is not None:
                     conn.close()
+
+    def _door_closes(self, within: float = 2.0) -> bool:
+        """Whether the door closes soon: the agent that dropped a fresh connection is ending."""
+        deadline = time.monotonic() + within
+        while door_is_open(self.socket_path):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def call(self, message: dict[str, Any], payload: bytes = b"", *, max_payload: int = 1 << 20) -> tuple[dict[str, Any], bytes]:
         """A request with exactly one answer."""

@@ -33,16 +33,17 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from .. import kafel, policy
+from .. import kafel, policy, rootfs
 from ..agent import agent_argv
 from ..errors import IsolateError
 from ..rootfs import MOUNT_POINT
 from ..types import Limits
 from . import AGENT_ENV, JailSpec, reap_in_background
-from .runsc import best_platform, find_runsc
+from .runsc import best_platform, cache_path, find_runsc
 
 SUPERVISOR = r"""
 count=$1
@@ -80,7 +81,9 @@ class Slots:
 
     The lock's file descriptor is handed to the Sentry, so the slot is held exactly as
     long as the sandbox runs and the kernel frees it when the sandbox ends, even after a
-    crash of everything else.
+    crash of everything else. Held locks are counted under a guard lock, so the bound
+    holds between processes that start sandboxes at the same moment, and after the
+    bound is lowered.
     """
 
     def __init__(self, folder: Path = SLOTS_DIR, limit: int | None = None, wait: float | None = None):
@@ -93,34 +96,57 @@ class Slots:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         deadline = time.monotonic() + self.wait
         while True:
-            for slot in range(self.limit):
-                fd = os.open(self.folder / f"{slot}.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return fd
-                except BlockingIOError:
-                    os.close(fd)
+            with self._guard():
+                held, free = self._scan(keep_free=True)
+                if held < self.limit:
+                    return free if free is not None else self._lock(self._file(len(list(self.folder.glob("*.lock")))))
+                if free is not None:
+                    os.close(free)
             if time.monotonic() >= deadline:
-                raise IsolateError(
-                    f"{self.limit} gVisor sandboxes already run on this host ({MAX_VARIABLE}); stop one or raise the bound",
-                    code="RESOURCE_BUSY",
-                )
+                raise IsolateError(f"{held} gVisor sandboxes already run on this host, the bound ({MAX_VARIABLE}={self.limit}); "
+                                   "stop one or raise the bound", code="RESOURCE_BUSY")
             time.sleep(0.1)
 
     def in_use(self) -> int:
-        count = 0
-        for slot in range(self.limit):
+        if not self.folder.is_dir():
+            return 0
+        with self._guard():
+            return self._scan(keep_free=False)[0]
+
+    def _file(self, index: int) -> Path:
+        return self.folder / f"{index}.lock"
+
+    @staticmethod
+    def _lock(path: Path) -> int:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # cannot fail: the guard is held and the file is new or free
+        return fd
+
+    def _scan(self, *, keep_free: bool) -> tuple[int, int | None]:
+        """How many slots are held, and (if asked) a descriptor locking one free slot."""
+        held, free = 0, None
+        for path in sorted(self.folder.glob("*.lock")):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                fd = os.open(self.folder / f"{slot}.lock", os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                count += 1
-            finally:
+                held += 1
                 os.close(fd)
-        return count
+                continue
+            if keep_free and free is None:
+                free = fd
+            else:
+                os.close(fd)
+        return held, free
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        fd = os.open(self.folder / "guard", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
 
 def _rlimit(kind: str, value: int) -> dict[str, object]:
@@ -180,7 +206,7 @@ class GvisorBackend:
 
     def start(self, spec: JailSpec) -> int:
         binary = find_runsc()
-        platform = best_platform(self.libexec_dir / "runsc-platforms.json")
+        platform = best_platform(cache_path(self.libexec_dir))
         plan = spec.rootfs
         state, bundle, rootfs_dir = spec.run_dir / "runsc", spec.run_dir / "bundle", plan.mount_point
         self.cleanup(spec.run_dir, plan.upper.parent)  # what a sandbox that ended left (runsc's record of it)
@@ -213,30 +239,9 @@ class GvisorBackend:
         there in this namespace, a recursive delete would erase the sandbox's files.
         """
         mount_point = sandbox_dir / MOUNT_POINT
-        unmount_under(mount_point)
+        rootfs.unmount_under(mount_point)
         for folder in (run_dir / "runsc", run_dir / "bundle"):
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(folder)
         with contextlib.suppress(FileNotFoundError):
             mount_point.rmdir()
-
-
-def unmount_under(folder: Path) -> list[str]:
-    """Detach whatever is mounted at or below `folder` in this mount namespace (none is, unless a crash left it)."""
-    prefix = str(folder.resolve()).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as handle:
-        points = [line.split()[4].encode().decode("unicode_escape") for line in handle]
-    found = sorted((p for p in points if (p + "/").startswith(prefix)), key=len, reverse=True)
-    for point in found:
-        with contextlib.suppress(OSError):
-            _umount(point)
-    return found
-
-
-def _umount(path: str) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.umount2(path.encode(), 2) != 0:  # MNT_DETACH
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)

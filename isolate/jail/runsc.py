@@ -78,6 +78,10 @@ def probe(binary: Path, platform: str, deadline: float | None = None) -> Platfor
         shutil.rmtree(work, ignore_errors=True)
 
 
+def cache_path(libexec_dir: Path) -> Path:
+    return libexec_dir / "runsc-platforms.json"
+
+
 def _cache_key(binary: Path) -> dict[str, object]:
     info = binary.stat()
     return {"runsc": str(binary), "size": info.st_size, "mtime": info.st_mtime, "kernel": os.uname().release}
