@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }  # wait for another apt run instead of failing
 apt update -q
-apt install -y -q --no-install-recommends util-linux procps iproute2 git python3 ca-certificates >/dev/null
+apt install -y -q --no-install-recommends util-linux procps iproute2 git python3 ca-certificates linux-libc-dev >/dev/null
 
 # gVisor: Debian 12's own runsc (2022) rejects statx(AT_NO_AUTOMOUNT), which breaks ls and stat;
 # the build in bookworm-backports works and has the systrap platform. The suite is added to the

@@ -21,7 +21,7 @@ import pytest
 from isolate import Limits, Sandbox, SandboxManager, Settings, cgroups
 from isolate.jail.runsc import find_runsc
 
-BACKENDS = [b for b in os.environ.get("ISOLATE_TEST_BACKENDS", "nsjail").split(",") if b]
+BACKENDS = [b for b in os.environ.get("ISOLATE_TEST_BACKENDS", "nsjail,gvisor").split(",") if b]
 
 
 def backend_missing(backend: str) -> str | None:
