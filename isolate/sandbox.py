@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
+from . import git
 from .agent.client import Cancel
 from .errors import FileSystemError, SandboxError, ValidationError
 from .manager import SandboxManager, SandboxRecord
@@ -128,6 +129,32 @@ class ExecStream(Stream[ExecEvent]):
     def _seen(self, event: ExecEvent) -> None:
         if event.result is not None:
             self.result = event.result
+
+
+def _looks_binary(head: bytes) -> bool:
+    """NUL bytes or invalid UTF-8 in the first bytes (a character cut at the end is fine)."""
+    if b"\x00" in head[:8192]:
+        return True
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head[:65536], final=False)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+class FileStream(Iterator[bytes]):
+    """A file read in pieces: its metadata, then its bytes as they are read."""
+
+    def __init__(self, path: str, size: int, is_binary: bool, mime_type: str | None, pieces: Iterator[bytes]):
+        self.path, self.size, self.is_binary = path, size, is_binary
+        self.mime_type = mime_type or ("application/octet-stream" if is_binary else "text/plain")
+        self._pieces = pieces
+
+    def __iter__(self) -> FileStream:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._pieces)
 
 
 class Sandbox:
@@ -307,6 +334,29 @@ class Sandbox:
             content, used = (text if not is_binary else data.decode("utf-8", "replace")), "utf-8"
         return ReadFileResult(path=target, content=content, encoding=used, is_binary=is_binary, mime_type=mime, size=len(data))  # type: ignore[arg-type]
 
+    def read_file_stream(self, path: str, *, chunk_size: int = 1 * MiB) -> FileStream:
+        """Read a file of any size in pieces (no 32 MiB cap); the first piece is read at once, so
+        errors and the file's metadata are known before iterating."""
+        target = self._path(path)
+        client = self._manager.client(self.name)
+
+        def piece(offset: int) -> tuple[dict[str, Any], bytes]:
+            return client.call({"op": "read", "path": target, "max_bytes": chunk_size, "offset": offset}, max_payload=chunk_size)
+
+        reply, first = piece(0)
+        size = max(_number(reply, "size", int), len(first))
+
+        def pieces() -> Iterator[bytes]:
+            data, offset = first, 0
+            while data:
+                yield data
+                offset += len(data)
+                if len(data) < chunk_size:
+                    return
+                data = piece(offset)[1]
+
+        return FileStream(target, size, _looks_binary(first), mimetypes.guess_type(target)[0], pieces())
+
     def mkdir(self, path: str, *, recursive: bool = False) -> str:
         target = self._path(path)
         self._call({"op": "mkdir", "path": target, "recursive": bool(recursive)})
@@ -356,13 +406,18 @@ class Sandbox:
         entries.sort(key=lambda e: e.absolute_path)
         return entries
 
+    def git_checkout(self, repo_url: str, *, branch: str | None = None, target_dir: str | None = None, depth: int | None = None,
+                     timeout: float | None = None) -> tuple[str, str]:
+        """`git clone` inside the sandbox; returns (branch, target folder). Errors carry git codes."""
+        return git.checkout(self, repo_url, branch=branch, target_dir=target_dir, depth=depth, timeout=timeout)
+
     # --- sessions: persistent shells ---
 
     def create_session(self, session_id: str | None = None, *, env: dict[str, str] | None = None, cwd: str | None = None,
                        command_timeout: float | None = None) -> ExecutionSession:
         """Start a persistent shell: `cd`, `export` and variables persist between its commands,
         which run one at a time. SESSION_ALREADY_EXISTS if the id is taken."""
-        session = self.get_session(session_id or "session-" + secrets.token_hex(8), env=env, cwd=cwd, command_timeout=command_timeout)
+        session = self.get_session("session-" + secrets.token_hex(8) if session_id is None else session_id, env=env, cwd=cwd, command_timeout=command_timeout)
         self._call({"op": "session_create", **session._defaults()})
         return session
 
@@ -547,6 +602,9 @@ class AsyncSandbox:
 
     def get_session(self, session_id: str, **options: Any) -> AsyncSandbox:
         return AsyncSandbox(self.sync.get_session(session_id, **options))
+
+    async def git_checkout(self, repo_url: str, **options: Any) -> tuple[str, str]:
+        return await self._run(self.sync.git_checkout, repo_url, **options)
 
     async def list_sessions(self) -> list[str]:
         return await self._run(self.sync.list_sessions)

@@ -265,6 +265,10 @@ class Agent:
                 raise AgentError("IS_DIRECTORY", "Is a directory: %s" % path)
             if not stat.S_ISREG(info.st_mode):
                 raise AgentError("FILESYSTEM_ERROR", "Not a regular file: %s" % path)
+            if request.get("offset") is not None:  # one piece of a streamed read: no size cap
+                data = os.pread(fd, limit, int(request["offset"]))
+                conn.sendall(encode_frame({"ok": True, "size": info.st_size, "mode": info.st_mode & 0o7777}, data))
+                return
             if info.st_size > limit:
                 raise AgentError("FILE_TOO_LARGE", "File too large: %s (%d bytes, limit %d)" % (path, info.st_size, limit))
             chunks, total = [], 0
@@ -945,6 +949,7 @@ class ProcessTable:
             if not self.thread_started:
                 self.thread_started = True
                 _thread.start_new_thread(self.pump_forever, ())
+        self.wake([self.wake_w])  # the pump polls the new pipes from its next round
         self.agent.watch(process.pid, lambda status, usage: self.on_exit(process, status))
         conn.sendall(encode_frame({"ok": True, "process": process.describe()}))
 
