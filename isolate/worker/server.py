@@ -80,10 +80,14 @@ class NotifyingServer(uvicorn.Server):
             log("ready")
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        if not self.should_exit:
-            notify("STOPPING=1")
-            log("stopping", signal=signal.Signals(sig).name)
-        super().handle_exit(sig, frame)
+        """Begin a graceful stop. Unlike uvicorn's own handler, the signal is not raised again
+        once serving ends: the sandboxes are stopped first, and the exit status is 0."""
+        if self.should_exit:
+            self.force_exit = sig == signal.SIGINT
+            return
+        notify("STOPPING=1")
+        log("stopping", signal=signal.Signals(sig).name)
+        self.should_exit = True
 
 
 def recover(manager: SandboxManager) -> dict[str, list[str]]:
