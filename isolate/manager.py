@@ -146,7 +146,7 @@ class SandboxManager:
             rootfs.plan(record.image, self.settings.images_dir, self.sandbox_dir(name))  # validates the image early
             folder = self.sandbox_dir(name)
             try:
-                rootfs.create_layers(folder, record.uid)
+                rootfs.create_layers(folder, record.uid, record.limits.disk_mb)
                 temp = folder / "meta.json.tmp"
                 temp.write_text(record.to_json())
                 temp.rename(folder / "meta.json")
@@ -275,7 +275,7 @@ class SandboxManager:
             backend=record.backend,
             state="running" if running else "stopped",
             created_at=record.created_at,
-            disk_bytes=rootfs.disk_usage(self.sandbox_dir(name) / "upper"),
+            disk_bytes=rootfs.disk_usage(self.sandbox_dir(name)),
             memory_bytes=self.cgroup(name).memory_bytes() if running else 0,
         )
 

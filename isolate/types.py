@@ -22,7 +22,7 @@ class Limits:
     cpu_percent: int = 100  # of one core
     exec_timeout: float = 300.0  # seconds of wall time per exec
     output_bytes: int = 16 * MiB  # per stream per exec; excess is cut and the run ends as output_limit
-    disk_mb: int = 2048
+    disk_mb: int | None = 2048  # None: no quota, the layer is a plain folder on the host's disk
     open_files: int = 1024
     file_size_mb: int = 1024
 

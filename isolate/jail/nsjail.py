@@ -25,13 +25,16 @@ from ..errors import HostError
 from . import JailSpec
 
 SUPERVISOR = r"""
-uid=$1 config=$2 nsjail=$3 count=$4
-shift 4
+uid=$1 config=$2 nsjail=$3 image=$4 mountpoint=$5 count=$6
+shift 6
 while [ "$count" -gt 0 ]; do
   echo $$ > "$1" || exit 97
   shift
   count=$((count - 1))
 done
+if [ -n "$image" ]; then
+  mount -o loop,nosuid,nodev,noatime -- "$image" "$mountpoint" || exit 96
+fi
 exec setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
 """
 AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
@@ -168,7 +171,11 @@ class NsjailBackend:
             os.write(config_fd, render_config(spec).encode())
             os.lseek(config_fd, 0, os.SEEK_SET)
             procs = spec.cgroup.procs_files()
-            argv = ["/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary), str(len(procs)), *procs, *spec.agent_argv]
+            disk = spec.rootfs.disk_image
+            # with a disk image, the supervisor gets a private mount namespace to loop-mount it in
+            prefix = ["unshare", "--mount", "--propagation", "private", "--"] if disk else []
+            argv = [*prefix, "/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary),
+                    str(disk or ""), str(spec.rootfs.disk_mount or ""), str(len(procs)), *procs, *spec.agent_argv]
             with open(spec.run_dir / "jail.log", "ab") as log:
                 process = subprocess.Popen(
                     argv,
