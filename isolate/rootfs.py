@@ -127,8 +127,9 @@ def create_layers(sandbox_dir: Path, uid: int, disk_mb: int | None) -> None:
         if disk_mb:
             (sandbox_dir / DISK_MOUNT).mkdir(mode=0o755)
             subprocess.run(
-                ["mkfs.ext4", "-q", "-F", "-d", str(staging), "-m", "0", "-E",
-                 f"lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={uid}:{uid}",
+                # 32 inodes per MiB and no reserved blocks or resize inode: half the default mkfs time
+                ["mkfs.ext4", "-q", "-F", "-d", str(staging), "-m", "0", "-N", str(max(4096, disk_mb * 32)), "-O", "^resize_inode",
+                 "-E", f"lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={uid}:{uid}",
                  str(sandbox_dir / DISK_IMAGE), f"{disk_mb}M"],
                 check=True, capture_output=True,
             )

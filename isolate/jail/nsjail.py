@@ -33,9 +33,9 @@ while [ "$count" -gt 0 ]; do
   count=$((count - 1))
 done
 if [ -n "$image" ]; then
-  mount -o loop,nosuid,nodev,noatime -- "$image" "$mountpoint" || exit 96
+  mount -n -i -t ext4 -o loop,nosuid,nodev,noatime -- "$image" "$mountpoint" || exit 96
 fi
-exec setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
+exec /usr/bin/setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
 """
 AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -173,7 +173,7 @@ class NsjailBackend:
             procs = spec.cgroup.procs_files()
             disk = spec.rootfs.disk_image
             # with a disk image, the supervisor gets a private mount namespace to loop-mount it in
-            prefix = ["unshare", "--mount", "--propagation", "private", "--"] if disk else []
+            prefix = ["/usr/bin/unshare", "--mount", "--propagation", "private", "--"] if disk else []
             argv = [*prefix, "/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary),
                     str(disk or ""), str(spec.rootfs.disk_mount or ""), str(len(procs)), *procs, *spec.agent_argv]
             with open(spec.run_dir / "jail.log", "ab") as log:
