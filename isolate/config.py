@@ -45,6 +45,10 @@ class Settings:
         return self.state_dir / "locks"
 
     @property
+    def uids_dir(self) -> Path:
+        return self.state_dir / "uids"
+
+    @property
     def instance(self) -> str:
         """Names this state folder in host-wide places (cgroups, uids), so two state folders never collide."""
         if str(self.state_dir) == DEFAULT_STATE_DIR:

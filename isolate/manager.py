@@ -18,6 +18,7 @@ import os
 import shutil
 import socket
 import threading
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -87,7 +88,8 @@ class SandboxManager:
         if os.geteuid() != 0:
             raise IsolateError("isolate needs root to create sandboxes (namespaces, cgroups, uid maps)", code="HOST_NOT_READY")
         s = self.settings
-        for folder, mode in ((s.state_dir, 0o711), (s.sandboxes_dir, 0o711), (s.run_dir, 0o700), (s.images_dir, 0o755), (s.locks_dir, 0o700)):
+        for folder, mode in ((s.state_dir, 0o711), (s.sandboxes_dir, 0o711), (s.run_dir, 0o700), (s.images_dir, 0o755), (s.locks_dir, 0o700),
+                             (s.uids_dir, 0o700)):
             folder.mkdir(mode=mode, parents=True, exist_ok=True)
             folder.chmod(mode)
         self._prepared = True
@@ -135,7 +137,7 @@ class SandboxManager:
                 return record
             record = SandboxRecord(
                 name=name,
-                uid=self._free_uid(),
+                uid=self._claim_uid(name),
                 backend=backend,
                 image=image or rootfs.HOST_IMAGE,
                 policy=policy or self.settings.policy,
@@ -152,16 +154,27 @@ class SandboxManager:
                 temp.rename(folder / "meta.json")
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
+                self._release_uid(name, record.uid)
                 raise
         return record
 
-    def _free_uid(self) -> int:
-        used = {r.uid for r in (self.load(n) for n in self.names()) if r is not None}
-        for slot in range(UID_SLOTS):
-            uid = self.settings.uid_base + slot
-            if uid not in used:
+    def _claim_uid(self, name: str) -> int:
+        """A host uid no other sandbox holds, claimed atomically as the link uids/<uid> -> name."""
+        start = zlib.crc32(name.encode()) % UID_SLOTS
+        for step in range(UID_SLOTS):
+            uid = self.settings.uid_base + (start + step) % UID_SLOTS
+            try:
+                os.symlink(name, self.settings.uids_dir / str(uid))
                 return uid
+            except FileExistsError:
+                continue
         raise IsolateError("no free sandbox uid left", code="RESOURCE_BUSY")
+
+    def _release_uid(self, name: str, uid: int) -> None:
+        marker = self.settings.uids_dir / str(uid)
+        with contextlib.suppress(OSError):
+            if os.readlink(marker) == name:
+                marker.unlink()
 
     # --- running ---
 
@@ -255,6 +268,8 @@ class SandboxManager:
                 self.backend(record.backend).cleanup(name, self.run_dir(name))
             shutil.rmtree(self.run_dir(name), ignore_errors=True)
             shutil.rmtree(self.sandbox_dir(name), ignore_errors=True)
+            if record is not None:
+                self._release_uid(name, record.uid)
         with contextlib.suppress(FileNotFoundError):
             (self.settings.locks_dir / f"{name}.lock").unlink()
         return record is not None
@@ -300,6 +315,11 @@ class SandboxManager:
             if not self.is_running(name) and self.cgroup(name).pids():
                 self.stop(name)
                 removed.append(f"processes:{name}")
+        if self.settings.uids_dir.is_dir():
+            for marker in self.settings.uids_dir.iterdir():
+                if os.readlink(marker) not in known:
+                    marker.unlink()  # claimed by a creation that never finished
+                    removed.append(f"uid:{marker.name}")
         if self.settings.sandboxes_dir.is_dir():
             for folder in self.settings.sandboxes_dir.iterdir():
                 if not (folder / "meta.json").exists():

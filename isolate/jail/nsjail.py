@@ -16,6 +16,7 @@ run it (the wheel's copy may sit in a private home folder).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -39,22 +40,15 @@ exec /usr/bin/setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" 
 """
 AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_NEEDS_ESCAPE = re.compile(rb'[^ -~]|["\\]')
 # /proc entries that describe or steer the host kernel; each is hidden behind an empty file.
 PROC_MASKS = ("kcore", "keys", "key-users", "sched_debug", "timer_list", "sysrq-trigger", "kallsyms", "kmsg", "latency_stats", "acpi", "scsi")
 
 
 def quote(text: str) -> str:
     """A protobuf text-format string literal."""
-    out = []
-    for byte in text.encode():
-        char = chr(byte)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 32 <= byte < 127:
-            out.append(char)
-        else:
-            out.append(f"\\{byte:03o}")
-    return '"' + "".join(out) + '"'
+    escaped = _NEEDS_ESCAPE.sub(lambda match: b"\\%03o" % match.group()[0], text.encode())
+    return '"' + escaped.decode("ascii") + '"'
 
 
 def find_nsjail() -> tuple[Path, Path | None]:
@@ -111,6 +105,7 @@ def render_config(spec: JailSpec) -> str:
         'cwd: "/"',
         "time_limit: 0",
         "silent: true",
+        "keep_env: true",  # the supervisor's environment is built here, from nothing but AGENT_ENV and spec.env
         "nice_level: 0",
         "log_level: WARNING",
         f"pass_fd: {spec.listen_fd}",
@@ -152,8 +147,6 @@ def render_config(spec: JailSpec) -> str:
     ]
     for entry in PROC_MASKS:
         lines.append(f'mount {{ src: "/dev/null" dst: "/proc/{entry}" is_bind: true rw: false mandatory: false }}')
-    for key, value in {**AGENT_ENV, **spec.env}.items():
-        lines.append(f"envar: {quote(f'{key}={value}')}")
     lines.append(f"seccomp_string: {quote(policy.load(spec.policy))}")
     return "\n".join(lines) + "\n"
 
@@ -184,7 +177,7 @@ class NsjailBackend:
                     stderr=log,
                     pass_fds=(spec.listen_fd, config_fd),
                     start_new_session=True,
-                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                    env={**AGENT_ENV, **spec.env},
                 )
         finally:
             os.close(config_fd)
