@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import cgroups, rootfs
+from . import policy as seccomp_policy
 from .agent import agent_argv, agent_environment
 from .agent.client import AgentClient
 from .config import UID_SLOTS, Settings
@@ -131,7 +132,13 @@ class SandboxManager:
         backend = backend or self.settings.backend
         if backend not in BACKENDS:
             raise ValidationError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        with self._lock(".create"):
+        image = image or rootfs.HOST_IMAGE
+        policy = policy or self.settings.policy
+        rootfs.plan(image, self.settings.images_dir, self.sandbox_dir(name))  # bad options fail before anything is made
+        seccomp_policy.load(policy)
+        if env is not None and not all(isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in env.items()):
+            raise ValidationError("env must map variable names to string values")
+        with self._lock(name):
             record = self.load(name)
             if record is not None:
                 return record
@@ -139,13 +146,12 @@ class SandboxManager:
                 name=name,
                 uid=self._claim_uid(name),
                 backend=backend,
-                image=image or rootfs.HOST_IMAGE,
-                policy=policy or self.settings.policy,
+                image=image,
+                policy=policy,
                 limits=limits or self.settings.limits,
                 env=dict(env or {}),
                 created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             )
-            rootfs.plan(record.image, self.settings.images_dir, self.sandbox_dir(name))  # validates the image early
             folder = self.sandbox_dir(name)
             try:
                 rootfs.create_layers(folder, record.uid, record.limits.disk_mb)
