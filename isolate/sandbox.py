@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from .errors import FileSystemError, SandboxError, ValidationError
 from .manager import SandboxManager, SandboxRecord
-from .types import ExecEvent, ExecResult, FileEntry, MiB, ReadFileResult, ResourceUsage, SandboxInfo
+from .types import ExecEvent, ExecResult, FileEntry, MiB, ReadFileResult, ResourceUsage, SandboxInfo, now_iso
 from .validation import resolve_path
 
 T = TypeVar("T")
@@ -35,10 +35,6 @@ BASE_ENV = {
     "TERM": "xterm",
     "HOSTNAME": "sandbox",
 }
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _number(reply: dict[str, Any], key: str, kind: type = float) -> Any:
@@ -144,7 +140,7 @@ class Sandbox:
         request = self._exec_request(command, args, env, cwd, timeout)
         data = stdin.encode() if isinstance(stdin, str) else stdin
         request["stdin"] = data is not None
-        cgroup = self._manager.cgroup(self.name)
+        cgroup = self._manager.cgroup(self._record)
         client = self._manager.client(self.name)
 
         def generate() -> Iterator[ExecEvent]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 ExitReason = Literal["exited", "signaled", "timeout", "oom", "output_limit"]
@@ -11,6 +12,11 @@ EventType = Literal["start", "stdout", "stderr", "complete", "error"]
 FileType = Literal["file", "directory", "symlink", "other"]
 
 MiB = 1024 * 1024
+
+
+def now_iso() -> str:
+    """UTC time as ISO-8601 with milliseconds and a Z, as Cloudflare's API writes timestamps."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
