@@ -105,6 +105,9 @@ def plan(image: str, images_dir: Path, sandbox_dir: Path) -> RootfsPlan:
         lower, binds = Path(image), ()
         if not lower.is_absolute() or not lower.is_dir():
             raise ValidationError(f"image must be {HOST_IMAGE!r} or an absolute path to a root folder: {image!r}")
+        if images_dir.parent.resolve().is_relative_to(lower.resolve()):
+            # the image would show the state folder, and through it every sandbox's writable layer
+            raise ValidationError(f"image {image!r} contains isolate's state folder; use a root folder of its own")
         if not (lower / "usr/bin/python3").exists() and not (lower / "bin/python3").exists():
             raise HostError(f"image {image} has no python3, which the sandbox agent needs")
     if (sandbox_dir / DISK_IMAGE).exists():
@@ -121,7 +124,9 @@ def create_layers(sandbox_dir: Path, uid: int, disk_mb: int | None) -> None:
     """
     sandbox_dir.mkdir(mode=0o700)
     os.chown(sandbox_dir, uid, uid)
-    staging = Path(tempfile.mkdtemp(dir=sandbox_dir)) if disk_mb else sandbox_dir
+    # staged on tmpfs when there is one: folders there are made and removed ~10x faster than on disk
+    scratch = "/dev/shm" if os.path.isdir("/dev/shm") else sandbox_dir
+    staging = Path(tempfile.mkdtemp(prefix="isolate-layer-", dir=scratch)) if disk_mb else sandbox_dir
     try:
         _make_layer_folders(staging, uid)
         if disk_mb:

@@ -47,6 +47,9 @@ def test_a_custom_image_is_the_root_and_the_host_one_is_not(manager, custom_imag
 def test_an_image_must_be_an_absolute_folder_with_python(manager, tmp_path):
     with pytest.raises(ValidationError):
         manager.open(unique_name(), image="relative/path")
+    for holds_state in ("/", "/var", str(manager.settings.state_dir)):
+        with pytest.raises(ValidationError, match="state folder"):
+            manager.open(unique_name(), image=holds_state)
     empty = tmp_path / "empty-root"
     empty.mkdir()
     with pytest.raises(HostError):
