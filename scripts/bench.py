@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from isolate import Limits, Sandbox, SandboxManager, Settings
+from isolate import Limits, Sandbox, SandboxManager, Settings, cgroups
 from isolate.jail.nsjail import stage_nsjail
 
 MiB = 1 << 20
@@ -101,6 +101,7 @@ def main() -> None:
     finally:
         for name in manager.names():
             manager.destroy(name)
+        cgroups.remove_parent(manager.settings.instance)
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -59,6 +59,7 @@ def manager(state_dir: Path) -> Iterator[SandboxManager]:
     leftovers = cgroups.list_sandbox_cgroups(settings.instance)
     for name in leftovers:
         cgroups.SandboxCgroup(settings.instance, name).remove()
+    cgroups.remove_parent(settings.instance)
     assert not leftovers, f"tests left cgroups behind: {leftovers}"
 
 
