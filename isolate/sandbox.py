@@ -36,6 +36,7 @@ from .types import (
     ReadFileResult,
     ResourceUsage,
     SandboxInfo,
+    now_iso,
 )
 from .validation import check_process_id, check_session_id, resolve_path
 
@@ -52,10 +53,6 @@ BASE_ENV = {
     "TERM": "xterm",
     "HOSTNAME": "sandbox",
 }
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _number(reply: dict[str, Any], key: str, kind: type = float) -> Any:
@@ -246,7 +243,7 @@ class Sandbox:
 
     def _exec_events(self, request: dict[str, Any], data: bytes, command: str, args: list[str] | None,
                      cancel: Cancel) -> Iterator[ExecEvent]:
-        cgroup = self._manager.cgroup(self.name)
+        cgroup = self._manager.cgroup(self._record)
         client = self._manager.client(self.name)
 
         def generate() -> Iterator[ExecEvent]:

@@ -55,9 +55,11 @@ def manager(state_dir: Path) -> Iterator[SandboxManager]:
     yield manager
     for name in manager.names():
         manager.destroy(name)
+    manager.pool.drain()
     leftovers = cgroups.list_sandbox_cgroups(settings.instance)
     for name in leftovers:
         cgroups.SandboxCgroup(settings.instance, name).remove()
+    cgroups.remove_parent(settings.instance)
     assert not leftovers, f"tests left cgroups behind: {leftovers}"
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 
 from ..errors import IsolateError
-from ..sandbox import now_iso
+from ..types import now_iso
 
 
 def error_body(code: str, message: str, status: int, context: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from starlette.responses import Response
 
 from .. import __version__
 from ..errors import ExecError, IsolateError
-from ..sandbox import AsyncSandbox, FileStream, now_iso
-from ..types import ExecResult, FileEntry, ProcessInfo
+from ..sandbox import AsyncSandbox, FileStream
+from ..types import ExecResult, FileEntry, ProcessInfo, now_iso
 from . import models
 from .metrics import CONTENT_TYPE
 from .sandboxes import Sandboxes
