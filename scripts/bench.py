@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -114,20 +112,14 @@ def worker_figures(runs: int, embedded: float) -> None:
     """The worker over HTTP on loopback (keep-alive connection), beside the embedded call."""
     import httpx
 
+    from tests.workers import Worker
+
     state = Path(tempfile.mkdtemp(prefix="isolate-bench-worker-", dir="/var/tmp"))
     state.chmod(0o711)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(state / "notify.sock"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "ISOLATE_STATE_DIR": str(state), "NOTIFY_SOCKET": str(state / "notify.sock")}
-    worker = subprocess.Popen([sys.executable, "-m", "isolate.cli", "serve", "--listen", f"127.0.0.1:{port}"], env=env,
-                              stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent)
+    worker = Worker(state, token=None)
     try:
-        notify.settimeout(60)
-        while b"READY=1" not in notify.recv(4096):
-            pass
+        worker.start()
+        port = worker.port
         served = {"X-Sandbox-Id": "served"}
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             client.post("/api/execute", json={"command": "true"}, headers=served).raise_for_status()  # created and started: warm now
@@ -136,9 +128,7 @@ def worker_figures(runs: int, embedded: float) -> None:
                  timed(lambda: client.post("/api/execute", json={"command": "true"}, headers=served), runs), embedded, "embedded")
             client.delete("/api/sandbox", headers=served)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
-        notify.close()
+        worker.stop()
         leftover = SandboxManager(Settings(state_dir=state))
         for name in leftover.names():
             leftover.destroy(name)

@@ -12,9 +12,6 @@ import argparse
 import os
 import random
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,6 +23,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from isolate import SandboxManager, Settings, cgroups
+from tests.workers import Worker
 
 
 def rss_mib(pid: int) -> float:
@@ -73,27 +71,19 @@ def main() -> int:
     args = parser.parse_args()
     state = Path(tempfile.mkdtemp(prefix="isolate-soak-", dir="/var/tmp"))
     state.chmod(0o711)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    notify.bind(str(state / "notify.sock"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "ISOLATE_STATE_DIR": str(state), "NOTIFY_SOCKET": str(state / "notify.sock")}
-    worker = subprocess.Popen([sys.executable, "-m", "isolate.cli", "serve", "--listen", f"127.0.0.1:{port}"], env=env,
-                              stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parent.parent)
+    worker = Worker(state, token=None)
     manager = SandboxManager(Settings(state_dir=state))
-    url = f"http://127.0.0.1:{port}"
+    url = worker.url
     names = [f"soak-{i:03d}" for i in range(args.sandboxes)]
     try:
-        notify.settimeout(60)
-        while b"READY=1" not in notify.recv(4096):
-            pass
+        worker.start()
+        pid = worker.process.pid  # type: ignore[union-attr]
         started = time.monotonic()
         with httpx.Client(base_url=url, timeout=120) as client:  # create and start every sandbox first
             for name in names:
                 client.post("/api/execute", json={"command": "true"}, headers={"X-Sandbox-Id": name}).raise_for_status()
         print(f"{len(names)} sandboxes started in {time.monotonic() - started:.1f} s")
-        rss_start, (threads_start, fds_start) = rss_mib(worker.pid), counts(worker.pid)
+        rss_start, (threads_start, fds_start) = rss_mib(pid), counts(pid)
         tally: dict[str, int] = {}
         errors: list[str] = []
         lock = threading.Lock()
@@ -103,11 +93,11 @@ def main() -> int:
             user.start()
         samples = []
         while any(user.is_alive() for user in users):
-            samples.append(rss_mib(worker.pid))
+            samples.append(rss_mib(pid))
             time.sleep(5)
         for user in users:
             user.join()
-        rss_end, (threads_end, fds_end) = rss_mib(worker.pid), counts(worker.pid)
+        rss_end, (threads_end, fds_end) = rss_mib(pid), counts(pid)
         total = sum(tally.values())
         print(f"requests: {total} in {args.seconds:.0f} s ({total / args.seconds:.0f}/s): {tally}")
         print(f"errors: {len(errors)}")
@@ -118,9 +108,8 @@ def main() -> int:
         processes = {name: len(manager.cgroup(manager.load(name)).pids()) for name in names}
         print(f"processes per sandbox after the run (agent + its shells): max {max(processes.values())}")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        code = worker.wait(timeout=120)
-        notify.close()
+        worker.stop()  # SIGTERM, as systemd would
+        code = worker.process.returncode if worker.process is not None else None
         running = [n for n in manager.names() if manager.is_running(n)]
         print(f"worker exit status after SIGTERM: {code}; sandboxes still running: {len(running)}")
         for name in manager.names():
