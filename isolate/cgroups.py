@@ -179,14 +179,6 @@ class SandboxCgroup:
                     time.sleep(0.01)  # the last exiting task is still being torn down
 
 
-def remove_parent(parent: str, root: Path = ROOT) -> None:
-    """Remove the (empty) parent folders of a group of sandbox cgroups; one still in use stays."""
-    folders = [root / parent] if is_v2_host(root) else [root / c / parent for c in (*V1_CONTROLLERS, "unified")]
-    for folder in folders:
-        with contextlib.suppress(OSError):
-            folder.rmdir()
-
-
 def list_sandbox_cgroups(parent: str, root: Path = ROOT) -> list[str]:
     """Names of the sandbox cgroups that exist under `parent` (for crash clean-up)."""
     base = root / parent if is_v2_host(root) else root / "pids" / parent
@@ -194,3 +186,10 @@ def list_sandbox_cgroups(parent: str, root: Path = ROOT) -> list[str]:
         return sorted(p.name for p in base.iterdir() if p.is_dir())
     except FileNotFoundError:
         return []
+
+
+def remove_parent(parent: str, root: Path = ROOT) -> None:
+    """Remove the instance's parent folders once no sandbox cgroup is left in them."""
+    for folder in SandboxCgroup(parent, "any", root).folders:
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()

@@ -7,7 +7,11 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }  # wait for another apt run instead of failing
 apt update -q
-apt install -y -q --no-install-recommends util-linux procps iproute2 git python3 ca-certificates linux-libc-dev >/dev/null
+# mount + e2fsprogs: each sandbox's disk is an ext4 image, loop-mounted; systemd: systemd-analyze verifies the worker's unit;
+# linux-libc-dev: the system call table the seccomp policy is rendered with for gVisor
+apt install -y -q --no-install-recommends util-linux mount e2fsprogs procps iproute2 git python3 ca-certificates systemd linux-libc-dev >/dev/null
+# nodejs + npm: the real Cloudflare client drives the worker in tests (a host's own Node, e.g. nodesource's, is kept)
+command -v npm >/dev/null || apt install -y -q --no-install-recommends nodejs npm >/dev/null
 
 # gVisor: Debian 12's own runsc (2022) rejects statx(AT_NO_AUTOMOUNT), which breaks ls and stat;
 # the build in bookworm-backports works and has the systrap platform. The suite is added to the
@@ -23,5 +27,16 @@ else
   echo "install.sh: no bookworm-backports source found; gVisor (runsc) not installed" >&2
 fi
 
-python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
+python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[worker,test]'
+
+# The unit's ExecStart: a fixed path to this interpreter's `isolate` (pip may have put it anywhere)
+if [ ! -e /usr/local/bin/isolate ] || grep -q "isolate-wrapper" /usr/local/bin/isolate; then
+  printf '#!/bin/sh\n# isolate-wrapper (scripts/install.sh)\nexec %s -m isolate.cli "$@"\n' "$(python3 -c 'import sys; print(sys.executable)')" \
+    > /usr/local/bin/isolate
+  chmod 755 /usr/local/bin/isolate
+fi
+
+# Cloudflare's client for the worker's conformance test (tests/cloudflare)
+(cd tests/cloudflare && npm install --no-audit --no-fund --silent)
+
 isolate doctor

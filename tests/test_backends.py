@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import os
+import subprocess
+from dataclasses import replace
+
+import pytest
 
 from isolate import Sandbox, cgroups
 from tests.conftest import host_processes_mentioning, unique_name
@@ -12,15 +15,22 @@ from tests.conftest import host_processes_mentioning, unique_name
 GVISOR_SYMLINK_XATTR_BUG = "ls: /bin: Bad file descriptor\n"
 
 
-def test_files_land_in_the_upper_folder_owned_by_the_sandbox_uid(sandbox, manager):
+@pytest.mark.parametrize("disk_mb", [None, 64], ids=["plain-folder", "disk-image"])
+def test_files_land_in_the_writable_layer_owned_by_the_sandbox_uid(make_sandbox, manager, disk_mb):
+    sandbox = make_sandbox(limits=replace(manager.settings.limits, disk_mb=disk_mb))
     sandbox.write_file("/workspace/api.txt", "via the API")
     sandbox.exec("mkdir -p /workspace/made && echo via exec > /workspace/made/exec.txt")
-    upper = manager.sandbox_dir(sandbox.name) / "upper" / "workspace"
-    # the host reads the very folder the sandbox wrote to (no in-memory layer in between)
-    assert (upper / "api.txt").read_text() == "via the API"
-    assert (upper / "made" / "exec.txt").read_text() == "via exec\n"
-    owners = {os.lstat(path).st_uid for path in (upper / "api.txt", upper / "made", upper / "made" / "exec.txt")}
-    assert owners == {sandbox._record.uid}
+    sandbox.stop()
+    folder = manager.sandbox_dir(sandbox.name)
+    # the host reads the very layer the sandbox wrote to (no in-memory layer in between)
+    script = "cd $1/upper/workspace && cat api.txt made/exec.txt && stat -c %u api.txt made made/exec.txt"
+    if disk_mb is None:
+        seen = subprocess.run(["sh", "-c", script, "-", str(folder)], capture_output=True, text=True)
+    else:  # the layer lives in an ext4 image: look inside it, read-only, in a mount namespace of our own
+        seen = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                               f'mount -o loop,ro "$1/disk.img" "$1/disk" && {script.replace("$1/", "$1/disk/")}', "-", str(folder)],
+                              capture_output=True, text=True)
+    assert seen.stdout.splitlines() == ["via the APIvia exec", *[str(sandbox._record.uid)] * 3], seen.stderr
 
 
 def test_tmp_and_root_persist_across_a_stop(sandbox):
@@ -46,11 +56,13 @@ def test_symlinks_list_like_on_linux(sandbox, backend):
 def test_clean_up_ends_a_sandbox_whose_record_vanished(manager, state_dir):
     """A host program that crashed mid-destroy left a running jail without its record."""
     name = unique_name("orphan")
-    Sandbox(manager, manager.open(name)).exec("sleep 60 & echo started")
+    sandbox = Sandbox(manager, manager.open(name))
+    sandbox.exec("sleep 60 & echo started")
+    group = manager.cgroup(sandbox._record).name
     (manager.sandbox_dir(name) / "meta.json").unlink()
     removed = manager.clean_leftovers()
-    assert f"cgroup:{name}" in removed and f"run:{name}" in removed and f"sandbox:{name}" in removed
-    assert name not in cgroups.list_sandbox_cgroups(manager.settings.instance)
+    assert {f"cgroup:{group}", f"run:{name}", f"sandbox:{name}"} <= set(removed)
+    assert group not in cgroups.list_sandbox_cgroups(manager.settings.instance)
     assert not host_processes_mentioning(state_dir / "run" / name)
 
 
@@ -62,7 +74,7 @@ def test_clean_up_stops_a_sandbox_nobody_can_reach(manager):
         sandbox.exec("sleep 60 & echo started")
         manager.socket_path(name).unlink()
         assert f"processes:{name}" in manager.clean_leftovers()
-        assert manager.cgroup(name).pids() == []
+        assert manager.cgroup(manager.load(name)).pids() == []
         assert sandbox.exec("echo", ["back"]).stdout == "back\n"  # and it starts again on the next call
     finally:
         manager.destroy(name)

@@ -65,9 +65,9 @@ def test_slots_bound_how_many_can_be_held_at_once(tmp_path):
 def test_a_running_sandbox_holds_one_slot_until_it_stops(gvisor_sandbox, gvisor_manager):
     manager = gvisor_manager
     gvisor_sandbox.exec("true", [])
-    assert len(set(slot_locks_held(manager.cgroup(gvisor_sandbox.name).pids()))) == 1
+    assert len(set(slot_locks_held(manager.cgroup(gvisor_sandbox._record).pids()))) == 1
     gvisor_sandbox.stop()
-    assert manager.cgroup(gvisor_sandbox.name).pids() == []
+    assert manager.cgroup(gvisor_sandbox._record).pids() == []
 
 
 def test_starting_past_the_bound_fails_clearly_and_loses_nothing(gvisor_sandbox, monkeypatch):
@@ -85,7 +85,7 @@ def test_starting_past_the_bound_fails_clearly_and_loses_nothing(gvisor_sandbox,
 def test_every_host_process_is_in_the_sandbox_cgroup_as_its_uid(gvisor_sandbox, gvisor_manager, state_dir):
     manager = gvisor_manager
     gvisor_sandbox.exec("sleep 30 & echo started")
-    pids = manager.cgroup(gvisor_sandbox.name).pids()
+    pids = manager.cgroup(gvisor_sandbox._record).pids()
     runsc = host_processes_mentioning(state_dir / "run" / gvisor_sandbox.name / "runsc")
     assert len(runsc) >= 2  # the Sentry and the gofer
     assert container_id(gvisor_sandbox.name) in " ".join(runsc)
@@ -103,7 +103,7 @@ def test_container_ids_have_one_width_so_no_id_prefixes_another():
 def test_a_killed_sentry_is_cleaned_up_and_the_sandbox_starts_again(gvisor_sandbox, gvisor_manager):
     manager = gvisor_manager
     gvisor_sandbox.write_file("/workspace/kept", "kept")
-    sentry = next(pid for pid in manager.cgroup(gvisor_sandbox.name).pids()
+    sentry = next(pid for pid in manager.cgroup(gvisor_sandbox._record).pids()
                   if b"runsc-sandbox" in Path(f"/proc/{pid}/cmdline").read_bytes())
     os.kill(sentry, signal.SIGKILL)
     assert gvisor_sandbox.read_file("/workspace/kept").content == "kept"

@@ -66,7 +66,7 @@ def test_etc_is_sanitized(sandbox):
 def test_root_inside_is_an_unprivileged_host_uid(sandbox, manager):
     assert sandbox.exec("id", ["-u"]).stdout.strip() == "0"
     sandbox.exec("sleep 20 & echo started")
-    host = subprocess.run(["ps", "-o", "uid=,args=", "-p", ",".join(map(str, manager.cgroup(sandbox.name).pids()))],
+    host = subprocess.run(["ps", "-o", "uid=,args=", "-p", ",".join(map(str, manager.cgroup(sandbox._record).pids()))],
                           capture_output=True, text=True).stdout.splitlines()
     # every host process of the sandbox, its jail's own included, runs as the sandbox's own unprivileged uid
     assert host and {int(line.split()[0]) for line in host} == {sandbox._record.uid}

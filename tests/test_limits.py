@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from isolate import Limits
+import pytest
+
+from isolate import FileSystemError, Limits
 
 
 def test_memory_hog_ends_with_reason_oom(make_sandbox):
@@ -16,7 +18,9 @@ def test_memory_hog_ends_with_reason_oom(make_sandbox):
 def test_fork_bomb_is_contained_and_the_sandbox_still_answers(make_sandbox):
     sandbox = make_sandbox(limits=Limits(pids=64))
     sandbox.write_file("/workspace/kept.txt", "kept")
-    result = sandbox.exec("bomb() { bomb | bomb & }; bomb; sleep 3", timeout=3)
+    # `sleep` is forked before the bomb fills the pids limit, and `wait` is a builtin: the command
+    # lasts until the deadline however fast the bomb grows
+    result = sandbox.exec("sleep 30 & bomb() { bomb | bomb & }; bomb; wait", timeout=3)
     assert result.reason == "timeout"  # the whole process group went at the deadline
     assert sandbox.exec("echo", ["alive"]).stdout == "alive\n"
     assert sandbox.read_file("/workspace/kept.txt").content == "kept"
@@ -38,3 +42,21 @@ def test_file_size_limit(make_sandbox):
 def test_open_files_limit(make_sandbox):
     sandbox = make_sandbox(limits=Limits(open_files=64))
     assert sandbox.exec("ulimit -n").stdout.strip() == "64"
+
+
+def test_disk_quota_stops_writes_with_no_space_and_keeps_the_sandbox(make_sandbox):
+    sandbox = make_sandbox(limits=Limits(disk_mb=32))
+    result = sandbox.exec("head -c 64M /dev/zero > /workspace/fill")
+    assert result.exit_code != 0 and "No space left" in result.stderr
+    with pytest.raises(FileSystemError) as caught:
+        sandbox.write_file("/workspace/more", b"x" * (40 << 20))
+    assert caught.value.code == "NO_SPACE"
+    sandbox.exec("rm /workspace/fill")
+    sandbox.write_file("/workspace/small", "fits")
+    assert sandbox.read_file("/workspace/small").content == "fits"
+
+
+def test_without_a_quota_the_layer_is_a_plain_folder(make_sandbox, manager):
+    sandbox = make_sandbox(limits=Limits(disk_mb=None))
+    sandbox.write_file("/workspace/f", "plain")
+    assert (manager.sandbox_dir(sandbox.name) / "upper" / "workspace" / "f").read_text() == "plain"

@@ -15,6 +15,23 @@ from ..rootfs import RootfsPlan
 from ..types import Limits
 
 AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+# How every backend's supervisor (`sh`, still root) begins; its arguments come from `prelude_args`.
+# It joins the sandbox's cgroups, so the jail is charged and limited from its first instruction,
+# then loop-mounts the disk image that holds the writable layer, if there is one. That mount is
+# made in a private mount namespace (see `PRIVATE_MOUNTS`): it goes away with the jail.
+SUPERVISOR_PRELUDE = r"""
+image=$1 mountpoint=$2 count=$3
+shift 3
+while [ "$count" -gt 0 ]; do
+  echo $$ > "$1" || exit 97
+  shift
+  count=$((count - 1))
+done
+if [ -n "$image" ]; then
+  mount -n -i -t ext4 -o loop,nosuid,nodev,noatime -- "$image" "$mountpoint" || exit 96
+fi
+"""
+PRIVATE_MOUNTS = ["/usr/bin/unshare", "--mount", "--propagation", "private", "--"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +47,11 @@ class JailSpec:
     policy: str = "default"
     hostname: str = "sandbox"
     env: dict[str, str] = field(default_factory=dict)
+
+
+def prelude_args(spec: JailSpec) -> list[str]:
+    procs = spec.cgroup.procs_files()
+    return [str(spec.rootfs.disk_image or ""), str(spec.rootfs.disk_mount or ""), str(len(procs)), *procs]
 
 
 class Backend(Protocol):

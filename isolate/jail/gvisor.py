@@ -1,13 +1,13 @@
 """The gVisor backend: the same sandbox (overlay root, agent as PID 1, door, cgroups) under runsc.
 
 How a sandbox starts:
-1. `sh` (root) joins the sandbox's cgroups, so runsc's own processes (the Sentry, the
-   gofer and the systrap stubs) are charged and limited; runsc is told to leave cgroups
-   alone (`--ignore-cgroups`).
-2. `unshare` gives it a private mount namespace, where the overlay root (the same
-   on-disk upper layer as nsjail's, `userxattr`) is mounted: nothing is ever mounted in
-   the host's namespace, and the kernel unmounts it when runsc's processes end, however
-   they end.
+1. `unshare` gives the supervisor (`sh`, root) a private mount namespace; it joins the
+   sandbox's cgroups, so runsc's own processes (the Sentry, the gofer and the systrap
+   stubs) are charged and limited (runsc is told to leave cgroups alone, `--ignore-cgroups`).
+2. There it loop-mounts the sandbox's disk image (when the layer has a quota) and mounts
+   the overlay root: the same writable layer as nsjail's (`userxattr`), at the sandbox's
+   `root` folder. Nothing is ever mounted in the host's namespace, and the kernel unmounts
+   it all when runsc's processes end, however they end.
 3. `runsc run --detach` boots the OCI bundle written here: the agent as PID 1, root
    inside mapped to the sandbox's own host uid (so files in the upper layer belong to it,
    as with nsjail), no capabilities, no_new_privs, rlimits, no network but loopback,
@@ -42,18 +42,13 @@ from ..agent import agent_argv
 from ..errors import IsolateError
 from ..rootfs import MOUNT_POINT
 from ..types import Limits
-from . import AGENT_ENV, JailSpec, reap_in_background
+from . import AGENT_ENV, PRIVATE_MOUNTS, SUPERVISOR_PRELUDE, JailSpec, prelude_args, reap_in_background
 from .runsc import best_platform, cache_path, find_runsc
 
-SUPERVISOR = r"""
-count=$1
-shift
-while [ "$count" -gt 0 ]; do
-  echo $$ > "$1" || exit 97
-  shift
-  count=$((count - 1))
-done
-exec unshare --mount --propagation private -- /bin/sh -c 'mount -t overlay -o "$2" overlay "$1" || exit 96; shift 2; exec "$@"' isolate-mount "$@"
+SUPERVISOR = SUPERVISOR_PRELUDE + r"""
+mount -n -t overlay -o "$2" overlay "$1" || exit 95
+shift 2
+exec "$@"
 """
 DOOR_FD, SLOT_FD = 3, 4  # where the agent finds them inside
 SENTRY_MEMORY_MB = 192  # the Sentry, gofer and page tables beside the sandbox's own memory
@@ -209,7 +204,7 @@ class GvisorBackend:
         platform = best_platform(cache_path(self.libexec_dir))
         plan = spec.rootfs
         state, bundle, rootfs_dir = spec.run_dir / "runsc", spec.run_dir / "bundle", plan.mount_point
-        self.cleanup(spec.run_dir, plan.upper.parent)  # what a sandbox that ended left (runsc's record of it)
+        self.cleanup(spec.run_dir, plan.mount_point.parent)  # what a sandbox that ended left (runsc's record of it)
         bundle.mkdir(mode=0o700)
         rootfs_dir.mkdir(mode=0o755)
         (bundle / "config.json").write_text(json.dumps(render_spec(spec, rootfs_dir)))
@@ -219,8 +214,7 @@ class GvisorBackend:
                  f"--pass-fd={spec.door_fd}:{DOOR_FD}"]
         slot = self.slots.acquire()
         try:
-            procs = spec.cgroup.procs_files()
-            argv = ["/bin/sh", "-c", SUPERVISOR, "isolate-gvisor", str(len(procs)), *procs, str(rootfs_dir), overlay,
+            argv = [*PRIVATE_MOUNTS, "/bin/sh", "-c", SUPERVISOR, "isolate-gvisor", *prelude_args(spec), str(rootfs_dir), overlay,
                     *runsc, f"--pass-fd={slot}:{SLOT_FD}", container_id(spec.name)]
             with open(spec.run_dir / "jail.log", "ab") as log:
                 process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
@@ -239,7 +233,7 @@ class GvisorBackend:
         there in this namespace, a recursive delete would erase the sandbox's files.
         """
         mount_point = sandbox_dir / MOUNT_POINT
-        rootfs.unmount_under(mount_point)
+        rootfs.unmount_under(sandbox_dir)
         for folder in (run_dir / "runsc", run_dir / "bundle"):
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(folder)

@@ -16,6 +16,7 @@ run it (the wheel's copy may sit in a private home folder).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,35 +25,24 @@ from .. import policy
 from ..agent import agent_argv
 from ..errors import HostError
 from ..types import Limits
-from . import AGENT_ENV, JailSpec, reap_in_background
+from . import AGENT_ENV, PRIVATE_MOUNTS, SUPERVISOR_PRELUDE, JailSpec, prelude_args, reap_in_background
 
 SUPERVISOR = r"""
-uid=$1 config=$2 nsjail=$3 count=$4
-shift 4
-while [ "$count" -gt 0 ]; do
-  echo $$ > "$1" || exit 97
-  shift
-  count=$((count - 1))
-done
-exec setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
+uid=$1 config=$2 nsjail=$3
+shift 3
+""" + SUPERVISOR_PRELUDE + r"""
+exec /usr/bin/setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
 """
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_NEEDS_ESCAPE = re.compile(rb'[^ -~]|["\\]')
 # /proc entries that describe or steer the host kernel; each is hidden behind an empty file.
 PROC_MASKS = ("kcore", "keys", "key-users", "sched_debug", "timer_list", "sysrq-trigger", "kallsyms", "kmsg", "latency_stats", "acpi", "scsi")
 
 
 def quote(text: str) -> str:
     """A protobuf text-format string literal."""
-    out = []
-    for byte in text.encode():
-        char = chr(byte)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 32 <= byte < 127:
-            out.append(char)
-        else:
-            out.append(f"\\{byte:03o}")
-    return '"' + "".join(out) + '"'
+    escaped = _NEEDS_ESCAPE.sub(lambda match: b"\\%03o" % match.group()[0], text.encode())
+    return '"' + escaped.decode("ascii") + '"'
 
 
 def find_nsjail() -> tuple[Path, Path | None]:
@@ -109,6 +99,7 @@ def render_config(spec: JailSpec) -> str:
         'cwd: "/"',
         "time_limit: 0",
         "silent: true",
+        "keep_env: true",  # the supervisor's environment is built here, from nothing but AGENT_ENV and spec.env
         "nice_level: 0",
         "log_level: WARNING",
         f"pass_fd: {spec.door_fd}",
@@ -150,8 +141,6 @@ def render_config(spec: JailSpec) -> str:
     ]
     for entry in PROC_MASKS:
         lines.append(f'mount {{ src: "/dev/null" dst: "/proc/{entry}" is_bind: true rw: false mandatory: false }}')
-    for key, value in {**AGENT_ENV, **spec.env}.items():
-        lines.append(f"envar: {quote(f'{key}={value}')}")
     lines.append(f"seccomp_string: {quote(policy.load(spec.policy))}")
     return "\n".join(lines) + "\n"
 
@@ -172,9 +161,10 @@ class NsjailBackend:
         try:
             os.write(config_fd, render_config(spec).encode())
             os.lseek(config_fd, 0, os.SEEK_SET)
-            procs = spec.cgroup.procs_files()
-            argv = ["/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary), str(len(procs)), *procs,
-                    *agent_argv(spec.door_fd, spec.idle_timeout)]
+            # with a disk image, the supervisor gets a private mount namespace to loop-mount it in
+            prefix = PRIVATE_MOUNTS if spec.rootfs.disk_image else []
+            argv = [*prefix, "/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary),
+                    *prelude_args(spec), *agent_argv(spec.door_fd, spec.idle_timeout)]
             with open(spec.run_dir / "jail.log", "ab") as log:
                 process = subprocess.Popen(
                     argv,
@@ -183,7 +173,7 @@ class NsjailBackend:
                     stderr=log,
                     pass_fds=(spec.door_fd, config_fd),
                     start_new_session=True,
-                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                    env={**AGENT_ENV, **spec.env},
                 )
         finally:
             os.close(config_fd)
