@@ -32,22 +32,29 @@ from .types import (
     SandboxInfo,
 )
 
+BACKEND_HEADER = "X-Sandbox-Backend"  # the backend a sandbox is created with (nsjail or gvisor); the worker's default if absent
 
-def get_sandbox(name: str, *, url: str | None = None, token: str | None = None, timeout: float = 600.0) -> RemoteSandbox:
-    """The sandbox `name` on the worker at `url` (default ISOLATE_URL), created on first use."""
+
+def get_sandbox(name: str, *, url: str | None = None, token: str | None = None, timeout: float = 600.0,
+                backend: str | None = None) -> RemoteSandbox:
+    """The sandbox `name` on the worker at `url` (default ISOLATE_URL), created on first use
+    (on `backend` if given, else the worker's default; an existing sandbox keeps its own)."""
     url = url or os.environ.get("ISOLATE_URL")
     if not url:
         raise ValidationError("no worker URL: pass url= or set ISOLATE_URL")
-    return RemoteSandbox(name, Connection(url, token if token is not None else os.environ.get("ISOLATE_TOKEN"), timeout))
+    connection = Connection(url, token if token is not None else os.environ.get("ISOLATE_TOKEN"), timeout, backend)
+    return RemoteSandbox(name, connection)
 
 
 class Connection:
     """One pooled HTTP client per worker."""
 
-    def __init__(self, url: str, token: str | None, timeout: float):
+    def __init__(self, url: str, token: str | None, timeout: float, backend: str | None = None):
         transport = httpx.HTTPTransport(uds=url[5:]) if url.startswith("unix:") else None
-        self.http = httpx.Client(base_url="http://worker" if transport else url, transport=transport, timeout=timeout,
-                                 headers={"X-Isolate-Token": token} if token else {})
+        headers = {"X-Isolate-Token": token} if token else {}
+        if backend:
+            headers[BACKEND_HEADER] = backend
+        self.http = httpx.Client(base_url="http://worker" if transport else url, transport=transport, timeout=timeout, headers=headers)
 
     def close(self) -> None:
         self.http.close()

@@ -131,10 +131,10 @@ def worker_state_dir(manager: SandboxManager) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def worker(worker_state_dir: Path) -> Iterator:
-    """A running worker with a token, shared by a module's tests."""
+def worker(worker_state_dir: Path, backend: str) -> Iterator:
+    """A running worker with a token, shared by a module's tests; its sandboxes are on the session's backend."""
     from tests.workers import Worker
 
-    running = Worker(worker_state_dir).start()
+    running = Worker(worker_state_dir, backend=backend).start()
     yield running
     running.stop()

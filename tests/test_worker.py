@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import unique_name
+from tests.conftest import backend_missing, unique_name
 
 ERROR_KEYS = {"code", "message", "context", "httpStatus", "timestamp"}
 
@@ -46,6 +47,25 @@ def test_one_worker_holds_many_separate_sandboxes(worker):
         one.post("/api/write", json={"path": "/workspace/mine", "content": "first"})
         assert two.post("/api/exists", json={"path": "/workspace/mine"}).json()["exists"] is False
         assert one.post("/api/read", json={"path": "/workspace/mine"}).json()["content"] == "first"
+        one.delete("/api/sandbox")
+        two.delete("/api/sandbox")
+
+
+def test_the_backend_is_chosen_per_sandbox_at_creation_and_kept(worker, backend):
+    other = "gvisor" if backend == "nsjail" else "nsjail"
+    reason = backend_missing(other)
+    if reason:
+        pytest.skip(f"{other}: {reason}")
+    chosen, default = unique_name("be"), unique_name("be")
+    with worker.client(unique_name("be")) as third:
+        bad = third.get("/api/sandbox", headers={"X-Sandbox-Backend": "docker"})
+        assert bad.status_code == 400 and bad.json()["code"] == "VALIDATION_FAILED"
+    with worker.client(chosen) as one, worker.client(default) as two:
+        one.post("/api/write", json={"path": "/workspace/f", "content": "kept"}, headers={"X-Sandbox-Backend": other})
+        assert one.get("/api/sandbox").json()["backend"] == other
+        assert one.get("/api/sandbox", headers={"X-Sandbox-Backend": backend}).json()["backend"] == other  # made once, kept
+        assert one.post("/api/read", json={"path": "/workspace/f"}).json()["content"] == "kept"
+        assert two.get("/api/sandbox").json()["backend"] == backend  # the worker's default
         one.delete("/api/sandbox")
         two.delete("/api/sandbox")
 

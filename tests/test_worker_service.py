@@ -40,8 +40,8 @@ def test_without_a_token_the_worker_refuses_to_listen_beyond_loopback(worker_sta
     assert run.returncode == 2 and "token" in run.stderr
 
 
-def test_sigterm_finishes_in_flight_requests_then_stops_sandboxes_keeping_files(worker_state_dir):
-    worker = Worker(worker_state_dir).start()
+def test_sigterm_finishes_in_flight_requests_then_stops_sandboxes_keeping_files(worker_state_dir, backend):
+    worker = Worker(worker_state_dir, backend=backend).start()
     name = unique_name("term")
     manager = SandboxManager(Settings(state_dir=worker_state_dir))
     try:
@@ -59,7 +59,7 @@ def test_sigterm_finishes_in_flight_requests_then_stops_sandboxes_keeping_files(
         assert (worker_state_dir / "sandboxes" / name / "meta.json").is_file()
     finally:
         worker.stop()
-    again = Worker(worker_state_dir).start()
+    again = Worker(worker_state_dir, backend=backend).start()
     try:
         with again.client(name) as client:
             assert client.post("/api/read", json={"path": "/workspace/kept"}).json()["content"] == "kept"
@@ -68,8 +68,8 @@ def test_sigterm_finishes_in_flight_requests_then_stops_sandboxes_keeping_files(
         again.stop()
 
 
-def test_after_sigkill_a_new_worker_serves_the_same_sandboxes_and_nothing_of_the_old_run_remains(worker_state_dir):
-    worker = Worker(worker_state_dir).start()
+def test_after_sigkill_a_new_worker_serves_the_same_sandboxes_and_nothing_of_the_old_run_remains(worker_state_dir, backend):
+    worker = Worker(worker_state_dir, backend=backend).start()
     name = unique_name("kill")
     manager = SandboxManager(Settings(state_dir=worker_state_dir))
     try:
@@ -80,7 +80,7 @@ def test_after_sigkill_a_new_worker_serves_the_same_sandboxes_and_nothing_of_the
         assert manager.is_running(name)  # jails are detached: the killed worker's jail is still there
     finally:
         worker.stop()
-    again = Worker(worker_state_dir).start()  # start-up stops the old run's jails and cleans leftovers
+    again = Worker(worker_state_dir, backend=backend).start()  # start-up stops the old run's jails and cleans leftovers
     try:
         assert manager.clean_leftovers() == []
         with again.client(name) as client:
@@ -93,9 +93,9 @@ def test_after_sigkill_a_new_worker_serves_the_same_sandboxes_and_nothing_of_the
     assert manager.clean_leftovers() == []
 
 
-def test_the_worker_listens_on_a_unix_socket(worker_state_dir, tmp_path):
+def test_the_worker_listens_on_a_unix_socket(worker_state_dir, tmp_path, backend):
     path = Path("/run/isolate-test-" + unique_name() + ".sock")
-    worker = Worker(worker_state_dir, extra=("--listen", f"unix:{path}"))
+    worker = Worker(worker_state_dir, extra=("--listen", f"unix:{path}"), backend=backend)
     try:
         worker.start()
         transport = httpx.HTTPTransport(uds=str(path))

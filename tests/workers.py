@@ -25,8 +25,9 @@ def free_port() -> int:
 class Worker:
     """One `isolate serve` process on 127.0.0.1; `notes` holds what it told its NOTIFY_SOCKET."""
 
-    def __init__(self, state_dir: Path, *, token: str | None = TOKEN, port: int | None = None, extra: tuple[str, ...] = ()):
-        self.state_dir, self.token, self.extra = state_dir, token, extra
+    def __init__(self, state_dir: Path, *, token: str | None = TOKEN, port: int | None = None, extra: tuple[str, ...] = (),
+                 backend: str = "nsjail"):
+        self.state_dir, self.token, self.extra, self.backend = state_dir, token, extra, backend
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.notes: list[str] = []
@@ -42,7 +43,8 @@ class Worker:
         if self.token:
             env["ISOLATE_TOKEN"] = self.token
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "isolate.cli", "serve", "--listen", f"127.0.0.1:{self.port}", *self.extra],
+            self.process = subprocess.Popen([sys.executable, "-m", "isolate.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
+                                             "--backend", self.backend, *self.extra],
                                             stdout=log, stderr=log, env=env, cwd=Path(__file__).parent.parent)
         self.wait_for("READY=1", timeout)
         return self

@@ -1,7 +1,8 @@
 """Which sandbox and which session a request means.
 
 The sandbox comes from the header X-Sandbox-Id and is created on first use, as
-`get_sandbox` does. The session id comes, as in Cloudflare's container, from the body's
+`get_sandbox` does, on the backend X-Sandbox-Backend names (the worker's default
+without it; a sandbox that exists keeps the backend it was made with). The session id comes, as in Cloudflare's container, from the body's
 `sessionId`, else the header X-Session-Id, else `Authorization: Bearer <id>`, else `?session=`.
 Without one, a command runs on its own (a fresh shell), as `Sandbox.exec` does.
 """
@@ -19,6 +20,7 @@ from ..sandbox import AsyncSandbox, Sandbox
 from ..validation import check_name, check_session_id
 
 HEADER = "x-sandbox-id"
+BACKEND_HEADER = "x-sandbox-backend"
 
 
 class Sandboxes:
@@ -33,7 +35,7 @@ class Sandboxes:
         name = check_name(raw)
         sandbox = self._open.get(name)
         if sandbox is None:
-            record = await asyncio.to_thread(self.manager.open, name)
+            record = await asyncio.to_thread(self.manager.open, name, backend=request.headers.get(BACKEND_HEADER) or None)
             sandbox = self._open.setdefault(name, AsyncSandbox(Sandbox(self.manager, record)))
         return sandbox
 
