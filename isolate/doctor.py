@@ -86,7 +86,7 @@ def _tools() -> list[Check]:
 
 def _gvisor() -> list[Check]:
     """runsc, each platform probed under a deadline (cached), the default, the bound, the policy rendering."""
-    from . import kafel, policy
+    from . import policy
     from .config import Settings
     from .jail import gvisor, runsc
 
@@ -107,7 +107,7 @@ def _gvisor() -> list[Check]:
     checks.append(Check("gvisor bound", True, f"at most {slots.limit} sandboxes at once ({gvisor.MAX_VARIABLE}), "
                         f"{slots.in_use()} running", required=False))
     try:
-        kafel.to_oci(kafel.parse(policy.load("default")), skip_errnos=gvisor.SKIPPED_ERRNOS)
+        gvisor.oci_seccomp(policy.load("default"))
         checks.append(Check("gvisor policy", True, "the default seccomp policy renders as OCI", required=False))
     except Exception as exc:
         checks.append(Check("gvisor policy", False, str(exc), "apt-get install linux-libc-dev", required=False))

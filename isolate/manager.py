@@ -25,7 +25,6 @@ from pathlib import Path
 
 from . import cgroups, rootfs
 from . import policy as seccomp_policy
-from .agent import agent_environment
 from .agent.client import AgentClient, door_is_open
 from .config import UID_SLOTS, Settings
 from .errors import IsolateError, ValidationError
@@ -214,7 +213,7 @@ class SandboxManager:
                     door_fd=door.fileno(),
                     idle_timeout=self.settings.idle_timeout,
                     policy=record.policy,
-                    env={**record.env, **agent_environment()},
+                    env=dict(record.env),
                 )
                 pid = backend.start(spec)
                 (run_dir / "pid").write_text(str(pid))

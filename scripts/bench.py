@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Benchmark: sandbox cold start, warm exec and a 1 MiB file round trip, beside baselines
-measured in the same run (a bare fork+exec of `true`, and nsjail alone starting `true`).
+"""Benchmark: sandbox cold start, warm exec and a 1 MiB file round trip on each backend, side by
+side, beside baselines measured in the same run (a bare fork+exec of `true`, nsjail alone
+starting `true`, and `runsc do true` for gVisor), and the idle memory (PSS) of a sandbox.
 
 Prints medians (and p90) in milliseconds and ratios against the baselines. Speed is
-measured here, never asserted by a timed test.
+measured here, never asserted by a timed test. Goals for gVisor: cold start at most 1.5x
+`runsc do true`, warm exec at most 10 ms (median).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from isolate import Limits, Sandbox, SandboxManager, Settings, cgroups
+from isolate.jail import runsc
 from isolate.jail.nsjail import stage_nsjail
 
 MiB = 1 << 20
@@ -37,19 +40,82 @@ def timed(action: Callable[[], object], runs: int) -> list[float]:
     return samples
 
 
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def p90(samples: list[float]) -> float:
+    return sorted(samples)[int(len(samples) * 0.9) - 1] if len(samples) >= 10 else max(samples)
+
+
 def line(label: str, samples: list[float], baseline: float | None = None, baseline_name: str = "") -> float:
-    median = statistics.median(samples)
-    p90 = sorted(samples)[int(len(samples) * 0.9) - 1] if len(samples) >= 10 else max(samples)
-    ratio = f"   {median / baseline:6.1f}x {baseline_name}" if baseline else ""
-    print(f"{label:44} median {median:8.2f} ms   p90 {p90:8.2f} ms   n={len(samples):<4}{ratio}")
-    return median
+    ratio = f"   {median(samples) / baseline:6.2f}x {baseline_name}" if baseline else ""
+    print(f"{label:48} median {median(samples):8.2f} ms   p90 {p90(samples):8.2f} ms   n={len(samples):<4}{ratio}")
+    return median(samples)
+
+
+def backend_figures(manager: SandboxManager, backend: str, runs: int, cold_runs: int) -> dict[str, list[float]]:
+    """Cold start (fresh and from the warm pool), warm exec, ping, 1 MiB round trip, idle PSS."""
+    counter = iter(range(10**6))
+    figures: dict[str, list[float]] = {"cold": [], "pooled": []}
+    for _ in range(cold_runs):
+        name = f"cold-{backend}-{next(counter)}"
+        started = time.perf_counter()
+        Sandbox(manager, manager.open(name, backend=backend)).exec("true", [])
+        figures["cold"].append((time.perf_counter() - started) * 1000)
+        manager.destroy(name)  # not timed; a gVisor run must stay under the host's bound anyway
+
+    pooled = SandboxManager(replace(manager.settings, warm_pool=2, backend=backend))
+    for index in range(cold_runs):
+        pooled.pool.fill()  # not timed: the pool refills between claims
+        name = f"pooled-{backend}-{index}"
+        started = time.perf_counter()
+        Sandbox(pooled, pooled.open(name)).exec("true", [])
+        figures["pooled"].append((time.perf_counter() - started) * 1000)
+        pooled.destroy(name)
+    pooled.pool.drain()
+
+    sandbox = Sandbox(manager, manager.open(f"warm-{backend}", backend=backend))
+    sandbox.exec("true", [])
+    figures["warm"] = timed(lambda: sandbox.exec("true", []), runs)
+    figures["ping"] = timed(sandbox.ping, runs)
+    payload = os.urandom(MiB)
+
+    def round_trip() -> None:
+        sandbox.write_file("/workspace/blob", payload)
+        assert sandbox.read_file("/workspace/blob", encoding="bytes").content == payload
+
+    figures["file"] = timed(round_trip, max(runs // 2, 5))
+    figures["pss"] = idle_pss(manager, backend)
+    return figures
+
+
+def idle_pss(manager: SandboxManager, backend: str, count: int = 4) -> list[float]:
+    """PSS (MiB) of all host processes of each of `count` idle sandboxes running side by side
+    (pages of the jail's binaries are shared between them, as on a busy host)."""
+    names = [f"idle-{backend}-{index}" for index in range(count)]
+    for name in names:
+        Sandbox(manager, manager.open(name, backend=backend)).exec("true", [])
+    time.sleep(2)  # let start-up garbage settle
+    values = [manager.cgroup(manager.load(name)).pss_bytes() / MiB for name in names]
+    for name in names:
+        manager.destroy(name)
+    return values
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--cold-runs", type=int, default=20)
+    parser.add_argument("--backends", default="nsjail,gvisor", help="comma-separated; gvisor is left out if runsc is missing")
     args = parser.parse_args()
+    backends = [b for b in args.backends.split(",") if b]
+    if "gvisor" in backends:
+        try:
+            runsc_binary = runsc.find_runsc()
+        except Exception as exc:
+            print(f"gvisor left out: {exc}")
+            backends.remove("gvisor")
 
     state = Path(tempfile.mkdtemp(prefix="isolate-bench-", dir="/var/tmp"))
     state.chmod(0o711)
@@ -59,53 +125,51 @@ def main() -> None:
         bare = line("baseline: subprocess.run(['true'])", timed(lambda: subprocess.run(["true"]), args.runs))
         nsjail = str(stage_nsjail(manager.settings.libexec_dir))
         jail_argv = [nsjail, "-Mo", "-Q", "--chroot", "/", "--user", "0", "--group", "0", "--", "/bin/true"]
-        bare_jail = line("baseline: nsjail -Mo chroot / true", timed(lambda: subprocess.run(jail_argv), args.runs), bare, "bare")
+        baselines = {"nsjail": line("baseline: nsjail -Mo chroot / true", timed(lambda: subprocess.run(jail_argv), args.runs), bare, "bare")}
+        if "gvisor" in backends:
+            platform = runsc.best_platform(runsc.cache_path(manager.settings.libexec_dir))
+            do_root = state / "runsc-do"
+            do_argv = [str(runsc_binary), f"--root={do_root}", f"--platform={platform}", "--network=none", "do", "/bin/true"]
+            baselines["gvisor"] = line(f"baseline: runsc do true ({platform})",
+                                       timed(lambda: subprocess.run(do_argv, check=True), args.cold_runs), bare, "bare")
         print()
 
-        counter = iter(range(10**6))
+        results = {}
+        for backend in backends:
+            results[backend] = figures = backend_figures(manager, backend, args.runs, args.cold_runs)
+            alone = "runsc do true" if backend == "gvisor" else "nsjail alone"
+            line(f"{backend}: cold start (create + first true)", figures["cold"], baselines[backend], alone)
+            line(f"{backend}: cold start from the warm pool", figures["pooled"], baselines[backend], alone)
+            line(f"{backend}: warm exec of true", figures["warm"], bare, "bare")
+            line(f"{backend}: ping (agent round trip)", figures["ping"])
+            line(f"{backend}: write_file + read_file of 1 MiB", figures["file"])
+            print(f"{backend + ': idle memory (PSS, all host processes)':48} {statistics.mean(figures['pss']):8.1f} MiB per sandbox"
+                  f" (4 idle side by side: {', '.join(f'{v:.1f}' for v in figures['pss'])})\n")
+        summary(results, baselines)
 
-        def cold() -> None:
-            sandbox = Sandbox(manager, manager.open(f"cold-{next(counter)}"))
-            sandbox.exec("true", [])
-
-        cold_samples = timed(cold, args.cold_runs)
-        for name in manager.names():
-            manager.destroy(name)
-        line("nsjail: cold start (create + first true)", cold_samples, bare_jail, "nsjail alone")
-
-        pooled = SandboxManager(replace(manager.settings, warm_pool=2))
-        pooled_samples = []
-        for index in range(args.cold_runs):
-            pooled.pool.fill()  # not timed: the pool refills between claims
-            started = time.perf_counter()
-            Sandbox(pooled, pooled.open(f"pooled-{index}")).exec("true", [])
-            pooled_samples.append((time.perf_counter() - started) * 1000)
-        pooled.pool.fill()
-        for name in pooled.names():
-            pooled.destroy(name)
-        pooled.pool.drain()
-        line("nsjail: cold start from the warm pool", pooled_samples, bare_jail, "nsjail alone")
-
-        sandbox = Sandbox(manager, manager.open("warm"))
-        sandbox.exec("true", [])
-        line("nsjail: warm exec of true", timed(lambda: sandbox.exec("true", []), args.runs), bare, "bare")
-        line("nsjail: ping (agent round trip)", timed(sandbox.ping, args.runs))
-        payload = os.urandom(MiB)
-
-        def round_trip() -> None:
-            sandbox.write_file("/workspace/blob", payload)
-            assert sandbox.read_file("/workspace/blob", encoding="bytes").content == payload
-
-        line("nsjail: write_file + read_file of 1 MiB", timed(round_trip, args.runs))
-        print()
+        sandbox = Sandbox(manager, manager.open("embedded"))
         embedded = line("embedded: sandbox.exec('true') (shell form)", timed(lambda: sandbox.exec("true"), args.runs))
         worker_figures(args.runs, embedded)
-        print(f"\nidle memory: {manager.cgroup(manager.load('warm')).memory_bytes() / MiB:.1f} MiB charged to one idle sandbox's cgroup")
     finally:
         for name in manager.names():
             manager.destroy(name)
         cgroups.remove_parent(manager.settings.instance)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def summary(results: dict[str, dict[str, list[float]]], baselines: dict[str, float]) -> None:
+    """The backends side by side (medians), and gVisor against its goals."""
+    rows = [("cold start, ms", "cold"), ("cold start from the pool, ms", "pooled"), ("warm exec of true, ms", "warm"),
+            ("ping, ms", "ping"), ("1 MiB write + read, ms", "file"), ("idle PSS per sandbox, MiB", "pss")]
+    backends = list(results)
+    print(f"{'':32}" + "".join(f"{b:>12}" for b in backends))
+    for label, key in rows:
+        values = [statistics.mean(results[b][key]) if key == "pss" else median(results[b][key]) for b in backends]
+        print(f"{label:32}" + "".join(f"{v:12.1f}" for v in values))
+    if "gvisor" in results:
+        cold, warm = median(results["gvisor"]["cold"]), median(results["gvisor"]["warm"])
+        print(f"\ngVisor cold start / runsc do true: {cold / baselines['gvisor']:.2f}x (goal <= 1.5x); "
+              f"warm exec median {warm:.1f} ms (goal <= 10 ms)\n")
 
 
 def worker_figures(runs: int, embedded: float) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .. import kafel, policy, rootfs
-from ..agent import agent_argv
+from ..agent import agent_argv, agent_code_file
 from ..errors import IsolateError
 from ..rootfs import MOUNT_POINT
 from ..types import Limits
@@ -50,7 +51,7 @@ mount -n -t overlay -o "$2" overlay "$1" || exit 95
 shift 2
 exec "$@"
 """
-DOOR_FD, SLOT_FD = 3, 4  # where the agent finds them inside
+DOOR_FD, SLOT_FD, CODE_FD = 3, 4, 5  # where the agent finds them inside
 SENTRY_MEMORY_MB = 192  # the Sentry, gofer and page tables beside the sandbox's own memory
 SENTRY_PIDS = 512  # host threads of the Sentry and gofer, plus one stub per sandbox process
 SLOTS_DIR = Path("/run/isolate/gvisor-slots")
@@ -144,6 +145,12 @@ class Slots:
             os.close(fd)
 
 
+@functools.lru_cache(maxsize=8)
+def oci_seccomp(policy_text: str) -> dict[str, object]:
+    """The policy rendered for runsc (once per policy text: parsing costs a few ms of every start)."""
+    return kafel.to_oci(kafel.parse(policy_text), skip_errnos=SKIPPED_ERRNOS)
+
+
 def _rlimit(kind: str, value: int) -> dict[str, object]:
     return {"type": kind, "hard": value, "soft": value}
 
@@ -165,7 +172,7 @@ def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
         "ociVersion": "1.0.2",
         "process": {
             "user": {"uid": 0, "gid": 0},
-            "args": agent_argv(DOOR_FD, spec.idle_timeout),
+            "args": agent_argv(DOOR_FD, spec.idle_timeout, CODE_FD),
             "env": [f"{key}={value}" for key, value in {**AGENT_ENV, **spec.env}.items()],
             "cwd": "/",
             "capabilities": no_capabilities,
@@ -184,7 +191,7 @@ def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
             "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount", "user")],
             "uidMappings": [{"containerID": 0, "hostID": spec.uid, "size": 1}],
             "gidMappings": [{"containerID": 0, "hostID": spec.uid, "size": 1}],
-            "seccomp": kafel.to_oci(kafel.parse(policy.load(spec.policy)), skip_errnos=SKIPPED_ERRNOS),
+            "seccomp": oci_seccomp(policy.load(spec.policy)),
         },
     }
 
@@ -213,15 +220,17 @@ class GvisorBackend:
                  "--ignore-cgroups", "--oci-seccomp", "run", "--detach", f"--bundle={bundle}",
                  f"--pass-fd={spec.door_fd}:{DOOR_FD}"]
         slot = self.slots.acquire()
+        code = agent_code_file()
         try:
             argv = [*PRIVATE_MOUNTS, "/bin/sh", "-c", SUPERVISOR, "isolate-gvisor", *prelude_args(spec), str(rootfs_dir), overlay,
-                    *runsc, f"--pass-fd={slot}:{SLOT_FD}", container_id(spec.name)]
+                    *runsc, f"--pass-fd={slot}:{SLOT_FD}", f"--pass-fd={code}:{CODE_FD}", container_id(spec.name)]
             with open(spec.run_dir / "jail.log", "ab") as log:
                 process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                           pass_fds=(spec.door_fd, slot), start_new_session=True,
+                                           pass_fds=(spec.door_fd, slot, code), start_new_session=True,
                                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         finally:
             os.close(slot)  # the Sentry holds it now
+            os.close(code)
         reap_in_background(process)
         return process.pid
 

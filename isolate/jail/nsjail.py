@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 from .. import policy
-from ..agent import agent_argv
+from ..agent import agent_argv, agent_environment
 from ..errors import HostError
 from ..types import Limits
 from . import AGENT_ENV, PRIVATE_MOUNTS, SUPERVISOR_PRELUDE, JailSpec, prelude_args, reap_in_background
@@ -173,7 +173,7 @@ class NsjailBackend:
                     stderr=log,
                     pass_fds=(spec.door_fd, config_fd),
                     start_new_session=True,
-                    env={**AGENT_ENV, **spec.env},
+                    env={**AGENT_ENV, **spec.env, **agent_environment()},
                 )
         finally:
             os.close(config_fd)
