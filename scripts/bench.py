@@ -73,6 +73,7 @@ def backend_figures(manager: SandboxManager, backend: str, runs: int, cold_runs:
         Sandbox(pooled, pooled.open(name)).exec("true", [])
         figures["pooled"].append((time.perf_counter() - started) * 1000)
         pooled.destroy(name)
+    pooled.pool.fill()  # waits for the refill that the last claim set off, so nothing is draining under it
     pooled.pool.drain()
 
     sandbox = Sandbox(manager, manager.open(f"warm-{backend}", backend=backend))

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from isolate import Sandbox, cgroups
+from isolate import Limits, Sandbox, cgroups
 from tests.conftest import host_processes_mentioning, unique_name
 
 # gvisor#11049, fixed after the 2024-07-29 runsc that bookworm-backports ships: lgetxattr on a
@@ -38,6 +38,18 @@ def test_tmp_and_root_persist_across_a_stop(sandbox):
     sandbox.exec("echo home > /root/kept")
     sandbox.stop()
     assert sandbox.exec("cat /tmp/kept /root/kept").stdout == "tmphome\n"
+
+
+def test_a_memory_hog_ends_alone_on_nsjail_and_with_its_whole_sandbox_on_gvisor(make_sandbox, backend):
+    """Under gVisor the Sentry holds all of the sandbox's memory: the host's OOM killer can only end all of it."""
+    sandbox = make_sandbox(limits=Limits(memory_mb=64))
+    sandbox.write_file("/workspace/kept", "kept")
+    sandbox.start_process("sleep 300", process_id="bystander")
+    result = sandbox.exec("python3", ["-c", "x = bytearray(512 << 20)"])
+    assert result.reason == "oom"
+    running = {p.id for p in sandbox.list_processes("running")}
+    assert ("bystander" in running) == (backend == "nsjail")
+    assert sandbox.read_file("/workspace/kept").content == "kept"
 
 
 def test_the_seccomp_policy_refuses_namespaces_and_mounts(sandbox):
