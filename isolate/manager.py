@@ -129,7 +129,7 @@ class SandboxManager:
         if wanted.backend not in BACKENDS:
             raise ValidationError(f"unknown backend {wanted.backend!r} (known: {', '.join(BACKENDS)})")
         rootfs.plan(wanted.image, self.settings.images_dir, self.sandbox_dir(wanted.name))
-        seccomp_policy.load(wanted.policy)
+        self.backend(wanted.backend).check(seccomp_policy.load(wanted.policy))
         if not all(isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in wanted.env.items()):
             raise ValidationError("env must map variable names to string values")
 

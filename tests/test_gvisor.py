@@ -137,3 +137,13 @@ def test_doctor_reports_runsc_and_its_platforms(state_dir):
     assert platforms["systrap"].startswith("ok")
     assert any(line.split()[1:3] == ["gvisor", "platform"] and "systrap" in line for line in lines), result.stdout
     assert any(line.split()[1:3] == ["gvisor", "bound"] and "sandboxes at once" in line for line in lines), result.stdout
+
+
+def test_a_policy_runsc_cannot_be_given_is_refused_before_anything_is_made(gvisor_manager, tmp_path):
+    policy = tmp_path / "traced.kafel"
+    policy.write_text("POLICY p { TRACE(1) { ptrace } } USE p DEFAULT ALLOW")
+    name = unique_name("policy")
+    with pytest.raises(IsolateError) as caught:
+        gvisor_manager.open(name, backend="gvisor", policy=str(policy))
+    assert caught.value.code == "VALIDATION_FAILED" and "TRACE" in caught.value.message
+    assert not gvisor_manager.sandbox_dir(name).exists()

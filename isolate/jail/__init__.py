@@ -57,6 +57,9 @@ def prelude_args(spec: JailSpec) -> list[str]:
 class Backend(Protocol):
     name: str
 
+    def check(self, policy_text: str) -> None:
+        """Raise (before anything is made) if this host cannot run a sandbox with this seccomp policy."""
+
     def host_limits(self, limits: Limits) -> Limits:
         """The limits for the sandbox's host cgroup (a backend may need room for its own processes)."""
 

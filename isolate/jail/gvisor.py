@@ -52,7 +52,7 @@ shift 2
 exec "$@"
 """
 DOOR_FD, SLOT_FD, CODE_FD = 3, 4, 5  # where the agent finds them inside
-SENTRY_MEMORY_MB = 192  # the Sentry, gofer and page tables beside the sandbox's own memory
+SENTRY_MEMORY_MB = 64  # the Sentry (~16 MiB idle), the gofer (~7 MiB) and their buffers, beside the sandbox's own memory
 SENTRY_PIDS = 512  # host threads of the Sentry and gofer, plus one stub per sandbox process
 SLOTS_DIR = Path("/run/isolate/gvisor-slots")
 MAX_VARIABLE, WAIT_VARIABLE = "ISOLATE_GVISOR_MAX", "ISOLATE_GVISOR_WAIT"
@@ -202,6 +202,11 @@ class GvisorBackend:
     def __init__(self, libexec_dir: Path, slots: Slots | None = None):
         self.libexec_dir = libexec_dir
         self.slots = slots or Slots()
+
+    def check(self, policy_text: str) -> None:
+        """runsc must be there, and the policy must render for it (a PolicyError says why not)."""
+        find_runsc()
+        oci_seccomp(policy_text)
 
     def host_limits(self, limits: Limits) -> Limits:
         return replace(limits, memory_mb=limits.memory_mb + SENTRY_MEMORY_MB, pids=limits.pids + SENTRY_PIDS)

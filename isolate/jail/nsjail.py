@@ -151,6 +151,10 @@ class NsjailBackend:
     def __init__(self, libexec_dir: Path):
         self.libexec_dir = libexec_dir
 
+    def check(self, policy_text: str) -> None:
+        """nsjail itself must be there; it compiles the policy as written."""
+        find_nsjail()
+
     def host_limits(self, limits: Limits) -> Limits:
         """The jail's processes are the sandbox's processes: its limits apply as they are."""
         return limits
