@@ -84,6 +84,17 @@ def _tools() -> list[Check]:
     ]
 
 
+def _network() -> list[Check]:
+    from .net import nft
+
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    return [
+        Check("nftables", nft.available(), "libnftables found" if nft.available() else "missing",
+              "apt-get install nftables (needed for network egress and exposed ports)", required=False),
+        Check("ipv4 forwarding", True, "on" if forwarding else "off (turned on when a sandbox first gets egress)", required=False),
+    ]
+
+
 def _runsc() -> Check:
     runsc = shutil.which("runsc")
     if runsc is None:
@@ -94,7 +105,7 @@ def _runsc() -> Check:
 
 
 def run_checks() -> list[Check]:
-    return [_kernel(), _root(), _user_namespaces(), _overlayfs(), _seccomp(), _cgroups(), _nsjail(), *_tools(), _runsc()]
+    return [_kernel(), _root(), _user_namespaces(), _overlayfs(), _seccomp(), _cgroups(), _nsjail(), *_tools(), *_network(), _runsc()]
 
 
 def report(checks: list[Check]) -> tuple[str, bool]:

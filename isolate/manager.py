@@ -3,6 +3,8 @@
 On disk, under the state folder (default /var/lib/isolate, never visible inside a sandbox):
   sandboxes/<name>/meta.json   what the sandbox was created with (backend, uid, limits, image)
   sandboxes/<name>/upper,work  its writable layer: what persists
+  sandboxes/<name>/net/        its /etc/hosts and /etc/resolv.conf, bound read-only into the jail
+  network/slots.json           each sandbox's /30 of the address pool (see isolate.net)
   run/<name>/agent.sock        where its agent listens while it runs (host-only)
   locks/<name>.lock            serializes start and destroy across processes
 A running sandbox is a detached jail; any process that connects to its socket uses it,
@@ -19,7 +21,7 @@ import shutil
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,7 +31,9 @@ from .agent.client import AgentClient
 from .config import UID_SLOTS, Settings
 from .errors import IsolateError, ValidationError
 from .jail import Backend, JailSpec, get_backend
-from .types import Limits, SandboxInfo
+from .net.network import SandboxNetworks
+from .net.policy import NetworkPolicy
+from .types import ExposedPort, Limits, SandboxInfo
 from .validation import check_name
 
 BACKENDS = ("nsjail",)
@@ -47,15 +51,19 @@ class SandboxRecord:
     limits: Limits = field(default_factory=Limits)
     env: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
+    network: NetworkPolicy = field(default_factory=NetworkPolicy)
+    exposed_ports: tuple[int, ...] = ()
 
     def to_json(self) -> str:
-        data = {**self.__dict__, "limits": self.limits.to_dict()}
+        data = {**self.__dict__, "limits": self.limits.to_dict(), "network": self.network.to_dict(), "exposed_ports": list(self.exposed_ports)}
         return json.dumps(data, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> SandboxRecord:
         data = json.loads(text)
         data["limits"] = Limits.from_dict(data.get("limits", {}))
+        data["network"] = NetworkPolicy.parse(data.get("network"))
+        data["exposed_ports"] = tuple(int(port) for port in data.get("exposed_ports", ()))
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -65,6 +73,7 @@ class SandboxManager:
         self._clients: dict[str, AgentClient] = {}
         self._clients_lock = threading.Lock()
         self._prepared = False
+        self.networks = SandboxNetworks(self.settings)
 
     # --- paths ---
 
@@ -117,12 +126,14 @@ class SandboxManager:
             return []
 
     def open(self, name: str, *, backend: str | None = None, image: str | None = None, limits: Limits | None = None,
-             policy: str | None = None, env: dict[str, str] | None = None) -> SandboxRecord:
+             policy: str | None = None, env: dict[str, str] | None = None, network: object = None) -> SandboxRecord:
         """The record of sandbox `name`, created with these options if it does not exist yet.
 
-        Options only shape a new sandbox; an existing one keeps what it was created with.
+        Options only shape a new sandbox; an existing one keeps what it was created with
+        (its network policy can change later: `set_network`).
         """
         check_name(name)
+        network_policy = NetworkPolicy.parse(network)
         record = self.load(name)
         if record is not None:
             return record
@@ -142,18 +153,23 @@ class SandboxManager:
                 limits=limits or self.settings.limits,
                 env=dict(env or {}),
                 created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                network=network_policy,
             )
             rootfs.plan(record.image, self.settings.images_dir, self.sandbox_dir(name))  # validates the image early
             folder = self.sandbox_dir(name)
             try:
                 rootfs.create_layers(folder, record.uid)
-                temp = folder / "meta.json.tmp"
-                temp.write_text(record.to_json())
-                temp.rename(folder / "meta.json")
+                self._save(record)
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
         return record
+
+    def _save(self, record: SandboxRecord) -> None:
+        folder = self.sandbox_dir(record.name)
+        temp = folder / "meta.json.tmp"
+        temp.write_text(record.to_json())
+        temp.rename(folder / "meta.json")
 
     def _free_uid(self) -> int:
         used = {r.uid for r in (self.load(n) for n in self.names()) if r is not None}
@@ -202,6 +218,7 @@ class SandboxManager:
                 sock_path.unlink()
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
+                network = self.networks.prepare(name, self.sandbox_dir(name), record.network, record.exposed_ports)
                 listener.bind(str(sock_path))
                 listener.listen(128)
                 spec = JailSpec(
@@ -215,9 +232,14 @@ class SandboxManager:
                     agent_argv=agent_argv(listener.fileno(), self.settings.idle_timeout),
                     policy=record.policy,
                     env={**record.env, **agent_environment()},
+                    netns=network.netns,
+                    files=network.files,
                 )
                 pid = backend.start(spec)
                 (run_dir / "pid").write_text(str(pid))
+            except BaseException:
+                self.networks.release(name)
+                raise
             finally:
                 listener.close()  # the jail holds it now; if the jail dies, connecting fails at once
 
@@ -240,6 +262,7 @@ class SandboxManager:
             record = self.load(name)
             if record is not None:
                 self.backend(record.backend).cleanup(name, self.run_dir(name))
+            self.networks.release(name)
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path(name).unlink()
 
@@ -253,6 +276,7 @@ class SandboxManager:
             cgroup.remove()
             if record is not None:
                 self.backend(record.backend).cleanup(name, self.run_dir(name))
+            self.networks.forget(name)
             shutil.rmtree(self.run_dir(name), ignore_errors=True)
             shutil.rmtree(self.sandbox_dir(name), ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
@@ -300,9 +324,52 @@ class SandboxManager:
             if not self.is_running(name) and self.cgroup(name).pids():
                 self.stop(name)
                 removed.append(f"processes:{name}")
+        removed += self.networks.clean_leftovers(known, {name for name in known if self.is_running(name)})
         if self.settings.sandboxes_dir.is_dir():
             for folder in self.settings.sandboxes_dir.iterdir():
                 if not (folder / "meta.json").exists():
                     shutil.rmtree(folder, ignore_errors=True)  # a creation that never finished
                     removed.append(f"sandbox:{folder.name}")
         return removed
+
+    # --- network ---
+
+    def _update_network(self, name: str, change) -> SandboxRecord:  # type: ignore[no-untyped-def]
+        """Change the record's network settings and apply them live if the sandbox runs."""
+        with self._lock(name):
+            record = self.load(name)
+            if record is None:
+                raise IsolateError(f"sandbox {name!r} does not exist", code="SANDBOX_NOT_FOUND")
+            updated = change(record)
+            try:
+                self.networks.update(name, self.sandbox_dir(name), updated.network, updated.exposed_ports)
+            except BaseException:
+                self.networks.update(name, self.sandbox_dir(name), record.network, record.exposed_ports)
+                raise
+            self._save(updated)
+        return updated
+
+    def set_network(self, name: str, network: object) -> SandboxRecord:
+        """A new policy ("none", "open", {"allow": [...]}), in force at once: nothing restarts."""
+        policy = NetworkPolicy.parse(network)
+        return self._update_network(name, lambda record: replace(record, network=policy))
+
+    def expose_port(self, name: str, port: int) -> ExposedPort:
+        """Make a service listening on `port` inside reachable from the host at 127.128.x.y:`port`."""
+        port = check_port(port)
+        self._update_network(name, lambda record: replace(record, exposed_ports=tuple(sorted({*record.exposed_ports, port}))))
+        return self.exposed_port(name, port)
+
+    def unexpose_port(self, name: str, port: int) -> None:
+        port = check_port(port)
+        self._update_network(name, lambda record: replace(record, exposed_ports=tuple(p for p in record.exposed_ports if p != port)))
+
+    def exposed_port(self, name: str, port: int) -> ExposedPort:
+        address = self.networks.expose_slot(name).expose_address
+        return ExposedPort(port=port, host=address, url=f"http://{address}:{port}")
+
+
+def check_port(port: object) -> int:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ValidationError(f"port must be an integer from 1 to 65535, not {port!r}")
+    return port

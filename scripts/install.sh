@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
-apt-get install -y -q --no-install-recommends util-linux procps iproute2 git python3 ca-certificates >/dev/null
+apt-get install -y -q --no-install-recommends util-linux procps iproute2 nftables git python3 ca-certificates >/dev/null
 
 python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore -e '.[test]'
 isolate doctor

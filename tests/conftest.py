@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from isolate import Limits, Sandbox, SandboxManager, Settings, cgroups
+from isolate.net import netns, nft
+from tests.nethost import resolve_test_name
 
 BACKENDS = [b for b in os.environ.get("ISOLATE_TEST_BACKENDS", "nsjail").split(",") if b]
 
@@ -50,7 +52,8 @@ def manager(state_dir: Path) -> Iterator[SandboxManager]:
     reason = backend_missing("nsjail")
     if reason:
         pytest.skip(reason)
-    settings = Settings(state_dir=state_dir, idle_timeout=600, limits=Limits(memory_mb=256, pids=128, exec_timeout=60))
+    settings = Settings(state_dir=state_dir, idle_timeout=600, limits=Limits(memory_mb=256, pids=128, exec_timeout=60),
+                        resolver=resolve_test_name, nameservers=())
     manager = SandboxManager(settings)
     yield manager
     for name in manager.names():
@@ -58,7 +61,20 @@ def manager(state_dir: Path) -> Iterator[SandboxManager]:
     leftovers = cgroups.list_sandbox_cgroups(settings.instance)
     for name in leftovers:
         cgroups.SandboxCgroup(settings.instance, name).remove()
+    network = network_leftovers(manager)
+    manager.clean_leftovers()
     assert not leftovers, f"tests left cgroups behind: {leftovers}"
+    assert not network, f"tests left network state behind: {network}"
+
+
+def network_leftovers(manager: SandboxManager) -> list[str]:
+    """Namespaces, veths and nftables state of this test instance that still exist."""
+    networks = manager.networks
+    found = [f"netns:{name}" for name in netns.names(networks.netns_name(""))]
+    found += [f"veth:{interface}" for interface in netns.veths_by_alias(networks.alias("")).values()]
+    if nft.available() and nft.table_exists(networks.table):
+        found.append(f"nft table:{networks.table}")
+    return found
 
 
 def unique_name(prefix: str = "t") -> str:

@@ -26,6 +26,10 @@ class JailSpec:
     policy: str = "default"
     hostname: str = "sandbox"
     env: dict[str, str] = field(default_factory=dict)
+    # The network namespace to join (made by isolate.net, `lo` up); the backend must not make its own.
+    netns: Path | None = None
+    # Host files bound read-only at a path inside (the sandbox's /etc/hosts and /etc/resolv.conf).
+    files: tuple[tuple[str, str], ...] = ()
 
 
 class Backend(Protocol):

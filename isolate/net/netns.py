@@ -1,0 +1,203 @@
+"""Network namespaces and veth pairs, made in-process: unshare/setns on the calling thread, pyroute2 for links.
+
+Every sandbox's jail runs in a named namespace (/run/netns/<instance>.<sandbox>) that
+root made, so nothing inside (its root has no capability over a namespace owned by the
+host's user namespace) can change its interfaces, addresses or routes. Namespaces are
+per thread in Linux: a thread steps in, does its work (or forks the jail), and steps back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import socket
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..errors import HostError
+from .pool import Slot
+
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
+MNT_DETACH = 2
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+SANDBOX_INTERFACE = "eth0"
+# Written inside each sandbox namespace: no IPv6 (only IPv4 is firewalled), and every port
+# bindable by the sandbox's root, which holds no capability over this namespace.
+SANDBOX_SYSCTLS = {
+    "net/ipv6/conf/all/disable_ipv6": "1",
+    "net/ipv6/conf/default/disable_ipv6": "1",
+    "net/ipv4/ip_unprivileged_port_start": "0",
+}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise HostError(f"{what}: {os.strerror(err)}", context={"errno": err})
+
+
+def _setns(fd: int) -> None:
+    _check(_libc.setns(fd, CLONE_NEWNET), "setns")
+
+
+def path_of(name: str) -> Path:
+    return NETNS_DIR / name
+
+
+@contextlib.contextmanager
+def entered(path: Path) -> Iterator[None]:
+    """Run the block (and whatever it forks) in the namespace at `path`; only this thread moves."""
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(home)  # if this failed the thread would stay inside: _check raises, loudly
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def _share_netns_dir() -> None:
+    """Like iproute2: /run/netns is a shared mount, so namespaces bound there show in every mount namespace."""
+    NETNS_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    mounts = Path("/proc/self/mountinfo").read_text()
+    if f" {NETNS_DIR} " in mounts:
+        return
+    _check(_libc.mount(str(NETNS_DIR).encode(), str(NETNS_DIR).encode(), b"none", MS_BIND | MS_REC, None), "bind /run/netns")
+    _check(_libc.mount(b"", str(NETNS_DIR).encode(), b"none", MS_SHARED | MS_REC, None), "share /run/netns")
+
+
+def _write_sysctl(key: str, value: str) -> None:
+    with open(f"/proc/sys/{key}", "w") as handle:
+        handle.write(value)
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def create(name: str) -> Path:
+    """A fresh named namespace with `lo` up and nothing else (~1 ms)."""
+    _share_netns_dir()
+    path = path_of(name)
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        try:
+            _check(_libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), b"none", MS_BIND, None), f"bind {path}")
+            _loopback_up()
+            for key, value in SANDBOX_SYSCTLS.items():
+                _write_sysctl(key, value)
+        finally:
+            _setns(home)
+    except BaseException:
+        remove(name)
+        raise
+    finally:
+        os.close(home)
+    return path
+
+
+def remove(name: str) -> bool:
+    """Unbind and delete the namespace; the kernel frees it (and its veth end) once no process is left in it."""
+    path = path_of(name)
+    if _libc.umount2(str(path).encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        raise HostError(f"umount {path}: {os.strerror(ctypes.get_errno())}")
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def names(prefix: str) -> list[str]:
+    try:
+        return sorted(entry for entry in os.listdir(NETNS_DIR) if entry.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def _ipr():  # type: ignore[no-untyped-def]
+    from pyroute2 import IPRoute  # imported on first use: it costs ~100 ms and most sandboxes never need a veth
+
+    return IPRoute()
+
+
+def attach_veth(path: Path, host_interface: str, alias: str, slot: Slot) -> None:
+    """A veth pair: `eth0` inside with the sandbox's address and a default route via the host's side.
+
+    The host side is tagged with `alias` (found again after a crash), keeps no IPv6
+    address, and may carry loopback-sourced packets (exposed ports are DNAT-ed from 127.x)."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with entered(path), _ipr() as inside:
+            inside.link("add", ifname=SANDBOX_INTERFACE, kind="veth", peer={"ifname": host_interface, "net_ns_fd": home})
+            index = inside.link_lookup(ifname=SANDBOX_INTERFACE)[0]
+            inside.addr("add", index=index, address=slot.sandbox_address, prefixlen=30)
+            inside.link("set", index=index, state="up")
+            inside.route("add", dst="0.0.0.0/0", gateway=slot.host_address)
+    finally:
+        os.close(home)
+    try:
+        for key in ("net/ipv6/conf/{}/disable_ipv6", "net/ipv4/conf/{}/route_localnet"):
+            _write_sysctl(key.format(host_interface), "1")
+        with _ipr() as host:
+            index = host.link_lookup(ifname=host_interface)[0]
+            host.link("set", index=index, ifalias=alias)
+            host.addr("add", index=index, address=slot.host_address, prefixlen=30)
+            host.link("set", index=index, state="up")
+    except BaseException:
+        detach_veth(host_interface)
+        raise
+
+
+def detach_veth(host_interface: str) -> bool:
+    """Delete the pair (both ends go together). False if it was not there."""
+    if not Path(f"/sys/class/net/{host_interface}").exists():
+        return False
+    from pyroute2 import NetlinkError
+
+    with _ipr() as host:
+        try:
+            host.link("del", ifname=host_interface)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+            return False
+    return True
+
+
+def veths_by_alias(prefix: str) -> dict[str, str]:
+    """Host-side veths whose alias starts with `prefix`: alias -> interface name (read from sysfs, no netlink)."""
+    found = {}
+    with contextlib.suppress(FileNotFoundError):
+        for interface in os.listdir("/sys/class/net"):
+            try:
+                alias = Path(f"/sys/class/net/{interface}/ifalias").read_text().strip()
+            except OSError:
+                continue
+            if alias.startswith(prefix):
+                found[alias] = interface
+    return found
+
+
+def enable_forwarding() -> None:
+    """Egress is routed: IPv4 forwarding must be on (as Docker and libvirt also turn it on)."""
+    if Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() != "1":
+        _write_sysctl("net/ipv4/ip_forward", "1")

@@ -1,0 +1,251 @@
+"""Network policies: none by default, allowlisted or open egress, and what stays unreachable in every mode.
+
+Every connection these tests make goes to a namespace the test made (`remote`, standing in
+for a host on the internet), to the host's own addresses, or to loopback.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from isolate import Sandbox, SandboxManager, ValidationError
+from isolate.net import netns, nft
+from tests.conftest import network_leftovers, unique_name
+from tests.nethost import PROBE, TEST_NAMES, RemoteHost, probe
+
+
+@pytest.fixture(scope="module")
+def remote(manager: SandboxManager) -> Iterator[RemoteHost]:
+    if not nft.available():
+        pytest.skip("nftables (libnftables) is not installed: apt-get install nftables")
+    host = RemoteHost()
+    try:
+        host.serve_greeter()
+        TEST_NAMES.update({"remote.test": [host.address], "other.test": [host.other_address]})
+        yield host
+    finally:
+        TEST_NAMES.pop("remote.test", None)
+        TEST_NAMES.pop("other.test", None)
+        host.close()
+    assert host.leftovers() == []
+
+
+@pytest.fixture(scope="module")
+def host_service() -> Iterator[int]:
+    """A service of the host itself, on every address (as the worker's port would be)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", 0))
+    listener.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.sendall(b"host service\n")
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+
+
+def addresses(manager: SandboxManager, sandbox: Sandbox):  # type: ignore[no-untyped-def]
+    slot = manager.networks.pool.recorded(sandbox.name)
+    assert slot is not None
+    return slot
+
+
+def test_default_policy_is_none_only_loopback(sandbox, remote):
+    assert sandbox.network.mode == "none"
+    assert sandbox.exec("cat", ["/proc/net/dev"]).stdout.count(":") == 1  # lo alone
+    assert probe(sandbox, remote.address, 7001) == "error ENETUNREACH"
+
+
+def test_allowlist_reaches_only_listed_destinations_and_names(make_sandbox, remote):
+    sandbox = make_sandbox(network={"allow": ["remote.test:7001", f"{remote.other_address}/32:7002"]})
+    assert probe(sandbox, "remote.test", 7001) == f"ok hello {remote.address}"
+    assert probe(sandbox, remote.address, 7002).startswith("error")  # listed host, unlisted port
+    assert probe(sandbox, remote.other_address, 7002) == f"ok hello {remote.other_address}"
+    assert probe(sandbox, remote.other_address, 7001).startswith("error")
+    # names: only listed ones resolve, from /etc/hosts; there is no name server to ask about others
+    assert sandbox.exec("getent", ["hosts", "remote.test"]).stdout.split()[0] == remote.address
+    assert sandbox.exec("getent", ["hosts", "other.test"]).exit_code != 0
+    assert "nameserver" not in sandbox.read_file("/etc/resolv.conf").content
+    assert sandbox.exec("sh -c 'echo x >> /etc/hosts'").exit_code != 0  # bound read-only
+
+
+def test_open_reaches_remote_hosts_but_never_host_link_local_or_other_sandboxes(make_sandbox, manager, remote, host_service):
+    first, second = make_sandbox(network="open"), make_sandbox(network="open")
+    second.exec("nohup python3 -m http.server 7100 --bind 0.0.0.0 >/dev/null 2>&1 & sleep 0.5; echo started")
+    assert probe(first, remote.address, 7002) == f"ok hello {remote.address}"
+    assert probe(first, remote.other_address, 7001) == f"ok hello {remote.other_address}"
+    # link-local (metadata lives there): a live test host answers the host, never a sandbox
+    host_side = subprocess.run(["python3", "-c", PROBE, remote.link_local, "7001", "3"], capture_output=True, text=True).stdout
+    assert host_side.strip() == f"ok hello {remote.link_local}"
+    assert probe(first, remote.link_local, 7001) == "error EHOSTUNREACH"
+    # another sandbox, even one that listens
+    assert probe(second, "127.0.0.1", 7100) == "ok"
+    assert probe(first, addresses(manager, second).sandbox_address, 7100) == "error EHOSTUNREACH"
+    # the host's own services, on any of its addresses
+    for address in (addresses(manager, first).host_address, addresses(manager, second).host_address, remote.gateway):
+        assert probe(first, address, host_service) == "error EHOSTUNREACH"
+    assert probe(first, "127.0.0.1", host_service) == "error ECONNREFUSED"  # the sandbox's own loopback
+
+
+def test_allowlisting_the_host_or_metadata_still_reaches_nothing(make_sandbox, manager, remote, host_service):
+    with pytest.raises(ValidationError):
+        make_sandbox(network={"allow": ["169.254.169.254"]})
+    with pytest.raises(ValidationError):
+        make_sandbox(network={"allow": ["127.0.0.1:22"]})
+    sandbox = make_sandbox(network={"allow": [remote.gateway, "10.213.0.0/16", "128.0.0.0/1"]})
+    assert probe(sandbox, remote.gateway, host_service) == "error EHOSTUNREACH"
+    assert probe(sandbox, addresses(manager, sandbox).host_address, host_service) == "error EHOSTUNREACH"
+    assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"  # 128.0.0.0/1 covers it
+
+
+def test_set_network_applies_live_without_restarting(sandbox, remote):
+    sandbox.exec("nohup sleep 300 >/dev/null 2>&1 & echo $! > /tmp/sleeper")
+    sleeper = sandbox.read_file("/tmp/sleeper").content.strip()
+    assert probe(sandbox, remote.address, 7001) == "error ENETUNREACH"
+    assert sandbox.set_network({"allow": [f"{remote.address}:7001"]}).mode == "allowlist"
+    assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"
+    sandbox.set_network("open")
+    assert probe(sandbox, remote.address, 7002) == f"ok hello {remote.address}"
+    sandbox.set_network("none")
+    assert probe(sandbox, remote.address, 7001) == "error ENETUNREACH"
+    assert sandbox.exec("kill", ["-0", sleeper]).exit_code == 0  # the same processes throughout
+    assert sandbox.network.mode == "none"
+
+
+def test_sandbox_cannot_change_its_network_nor_use_raw_or_packet_sockets(make_sandbox, remote):
+    sandbox = make_sandbox(network="open")
+    assert sandbox.exec("ip link set eth0 down").exit_code != 0
+    assert sandbox.exec("ip addr add 198.18.255.1/32 dev eth0").exit_code != 0
+    assert sandbox.exec("ip route del default").exit_code != 0
+    raw = "import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)"
+    packet = "import socket; socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)"
+    for code in (raw, packet):
+        result = sandbox.exec("python3", ["-c", code])
+        assert result.exit_code != 0 and ("Error" in result.stderr), result.stderr
+    assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"  # still works
+
+
+def test_expose_port_reaches_a_service_only_through_the_exposed_address(make_sandbox, manager, remote):
+    sandbox = make_sandbox()
+    sandbox.write_file("/workspace/www/marker.txt", "from the sandbox")
+    sandbox.exec("cd /workspace/www && (nohup python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 &) ; sleep 0.5")
+    exposed = sandbox.expose_port(8080)
+    assert exposed.host.startswith("127.") and exposed.port == 8080
+    assert [e.port for e in sandbox.exposed_ports()] == [8080]
+    assert fetch(f"{exposed.url}/marker.txt") == "from the sandbox"
+    # not directly at the sandbox's address, not on another port, and egress still none
+    assert connect_error(addresses(manager, sandbox).sandbox_address, 8080) is not None
+    sandbox.exec("cd /workspace/www && (nohup python3 -m http.server 8081 --bind 0.0.0.0 >/dev/null 2>&1 &) ; sleep 0.5")
+    assert fetch(f"http://{exposed.host}:8081/marker.txt") != "from the sandbox"
+    assert probe(sandbox, remote.address, 7001).startswith("error")
+    sandbox.unexpose_port(8080)
+    assert fetch(f"{exposed.url}/marker.txt") != "from the sandbox"
+    assert sandbox.exposed_ports() == []
+
+
+def test_stop_and_restart_keep_the_policy_and_addresses_and_destroy_removes_everything(manager, remote):
+    name = unique_name()
+    sandbox = Sandbox(manager, manager.open(name, network={"allow": [f"{remote.address}:7001"]}))
+    exposed = sandbox.expose_port(9000)
+    assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"
+    interface, netns_name = manager.networks.interface(name), manager.networks.netns_name(name)
+    sandbox.stop()
+    assert netns_name not in netns.names("") and not interface_exists(interface)
+    assert interface not in nft.sandbox_interfaces(manager.networks.table)
+    assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"  # wakes with the same policy
+    assert sandbox.exposed_ports()[0].host == exposed.host
+    sandbox.destroy()
+    assert netns_name not in netns.names("") and not interface_exists(interface)
+    assert manager.networks.pool.recorded(name) is None
+    if nft.table_exists(manager.networks.table):
+        assert interface not in nft.sandbox_interfaces(manager.networks.table)
+
+
+def test_start_up_clean_up_removes_what_a_crash_left(manager, remote):
+    name = unique_name()
+    sandbox = Sandbox(manager, manager.open(name, network="open"))
+    sandbox.expose_port(9001)
+    sandbox.ping()
+    interface = manager.networks.interface(name)
+    # a crash: the jail is killed and the sandbox's folder vanishes, nothing else is cleaned
+    manager.cgroup(name).kill()
+    subprocess.run(["rm", "-rf", str(manager.sandbox_dir(name))], check=True)
+    assert interface_exists(interface)
+    removed = SandboxManager(manager.settings).clean_leftovers()
+    assert f"network:{name}" in removed and f"address:{name}" in removed
+    assert not interface_exists(interface)
+    assert manager.networks.netns_name(name) not in netns.names("")
+    manager.destroy(name)
+
+
+@pytest.mark.slow
+def test_twenty_allowlisted_sandboxes_leave_nothing_behind(manager, remote):
+    names = [unique_name("many") for _ in range(20)]
+    try:
+        for name in names:
+            Sandbox(manager, manager.open(name, network={"allow": ["remote.test:7001"]})).ping()
+        assert len(nft.sandbox_interfaces(manager.networks.table)) >= 20
+    finally:
+        for name in names:
+            manager.destroy(name)
+    ours = set(names)
+    assert not [n for n in netns.names(manager.networks.netns_name("")) if n.split(".", 1)[1] in ours]
+    assert not [a for a in netns.veths_by_alias(manager.networks.alias("")) if a.split(".", 1)[1] in ours]
+    if nft.table_exists(manager.networks.table):
+        assert not {manager.networks.interface(n) for n in names} & set(nft.sandbox_interfaces(manager.networks.table))
+    if not manager.names():
+        assert network_leftovers(manager) == []
+
+
+def test_network_option_from_the_cli(manager, state_dir, remote):
+    from tests.test_lifecycle import cli
+
+    name = unique_name("cli")
+    try:
+        created = cli(state_dir, "exec", name, "--allow", f"{remote.address}:7001", "--", "python3", "-c", PROBE, remote.address, "7001", "3")
+        assert created.stdout.strip() == f"ok hello {remote.address}", created.stderr
+        shown = cli(state_dir, "network", name)
+        assert shown.stdout.split() == ["allowlist", "allow", f"{remote.address}:7001"]
+        assert cli(state_dir, "network", name, "--network", "none").stdout.strip() == "none"
+        exposed = cli(state_dir, "expose", name, "8080")
+        assert exposed.returncode == 0 and exposed.stdout.startswith("http://127.")
+        assert cli(state_dir, "unexpose", name, "8080").returncode == 0
+        bad = cli(state_dir, "network", name, "--allow", "fe80::1")
+        assert bad.returncode == 125 and "VALIDATION_FAILED" in bad.stderr
+    finally:
+        manager.destroy(name)
+
+
+def interface_exists(interface: str) -> bool:
+    return interface in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+def fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return response.read().decode()
+    except OSError as exc:
+        return f"error {exc}"
+
+
+def connect_error(address: str, port: int) -> str | None:
+    try:
+        socket.create_connection((address, port), timeout=2).close()
+        return None
+    except OSError as exc:
+        return str(exc)
+
