@@ -28,6 +28,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     backend: str = field(default_factory=lambda: os.environ.get("ISOLATE_BACKEND", "nsjail"))
     policy: str = "default"
+    warm_pool: int = field(default_factory=lambda: int(os.environ.get("ISOLATE_WARM_POOL", "0")))
     network_pool: str = field(default_factory=lambda: os.environ.get("ISOLATE_NETWORK_POOL", DEFAULT_NETWORK_POOL))
     # How allowlisted host names become addresses (the host's resolver by default; tests pass their own).
     resolver: Callable[[str], list[str]] = system_resolver
@@ -55,6 +56,10 @@ class Settings:
     @property
     def locks_dir(self) -> Path:
         return self.state_dir / "locks"
+
+    @property
+    def uids_dir(self) -> Path:
+        return self.state_dir / "uids"
 
     @property
     def instance(self) -> str:

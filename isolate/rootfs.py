@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,10 @@ class RootfsPlan:
     upper: Path
     work: Path
     read_only_binds: tuple[str, ...] = field(default=())  # host folders shown at the same path
+    # With a disk quota, upper and work live in an ext4 image of the quota's size, loop-mounted at
+    # `disk_mount` in the jail's own mount namespace only (the loop device goes with that namespace).
+    disk_image: Path | None = None
+    disk_mount: Path | None = None
 
 
 def host_image(images_dir: Path) -> tuple[Path, tuple[str, ...]]:
@@ -89,6 +94,10 @@ def host_image(images_dir: Path) -> tuple[Path, tuple[str, ...]]:
     return skeleton, binds
 
 
+DISK_IMAGE = "disk.img"
+DISK_MOUNT = "disk"
+
+
 def plan(image: str, images_dir: Path, sandbox_dir: Path) -> RootfsPlan:
     if image == HOST_IMAGE:
         lower, binds = host_image(images_dir)
@@ -96,31 +105,67 @@ def plan(image: str, images_dir: Path, sandbox_dir: Path) -> RootfsPlan:
         lower, binds = Path(image), ()
         if not lower.is_absolute() or not lower.is_dir():
             raise ValidationError(f"image must be {HOST_IMAGE!r} or an absolute path to a root folder: {image!r}")
+        if images_dir.parent.resolve().is_relative_to(lower.resolve()):
+            # the image would show the state folder, and through it every sandbox's writable layer
+            raise ValidationError(f"image {image!r} contains isolate's state folder; use a root folder of its own")
         if not (lower / "usr/bin/python3").exists() and not (lower / "bin/python3").exists():
             raise HostError(f"image {image} has no python3, which the sandbox agent needs")
-    return RootfsPlan(lower=lower, upper=sandbox_dir / "upper", work=sandbox_dir / "work", read_only_binds=binds)
+    if (sandbox_dir / DISK_IMAGE).exists():
+        mount = sandbox_dir / DISK_MOUNT
+        return RootfsPlan(lower, mount / "upper", mount / "work", binds, sandbox_dir / DISK_IMAGE, mount)
+    return RootfsPlan(lower, sandbox_dir / "upper", sandbox_dir / "work", binds)
 
 
-def create_layers(sandbox_dir: Path, uid: int) -> None:
-    """Make the writable layer of a new sandbox, owned by the sandbox's host uid."""
+def create_layers(sandbox_dir: Path, uid: int, disk_mb: int | None) -> None:
+    """Make the writable layer of a new sandbox, owned by the sandbox's host uid.
+
+    With `disk_mb`, the layer is made inside a sparse ext4 image of that size (mkfs.ext4 -d
+    fills it from a staging folder in ~5 ms), which caps what the sandbox can write.
+    """
     sandbox_dir.mkdir(mode=0o700)
     os.chown(sandbox_dir, uid, uid)
+    # staged on tmpfs when there is one: folders there are made and removed ~10x faster than on disk
+    scratch = "/dev/shm" if os.path.isdir("/dev/shm") else sandbox_dir
+    staging = Path(tempfile.mkdtemp(prefix="isolate-layer-", dir=scratch)) if disk_mb else sandbox_dir
+    try:
+        _make_layer_folders(staging, uid)
+        if disk_mb:
+            (sandbox_dir / DISK_MOUNT).mkdir(mode=0o755)
+            subprocess.run(
+                # 32 inodes per MiB and no reserved blocks or resize inode: half the default mkfs time
+                ["mkfs.ext4", "-q", "-F", "-d", str(staging), "-m", "0", "-N", str(max(4096, disk_mb * 32)), "-O", "^resize_inode",
+                 "-E", f"lazy_itable_init=1,lazy_journal_init=1,nodiscard,root_owner={uid}:{uid}",
+                 str(sandbox_dir / DISK_IMAGE), f"{disk_mb}M"],
+                check=True, capture_output=True,
+            )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or str(exc)
+        raise HostError(f"cannot make the sandbox's disk: {detail!r}") from exc
+    finally:
+        if staging != sandbox_dir:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _make_layer_folders(root: Path, uid: int) -> None:
     for name in ("upper", "work"):
-        (sandbox_dir / name).mkdir(mode=0o755)
-        os.chown(sandbox_dir / name, uid, uid)
+        (root / name).mkdir(mode=0o755)
+        os.chown(root / name, uid, uid)
     for name, mode in UPPER_FOLDERS.items():
-        folder = sandbox_dir / "upper" / name
+        folder = root / "upper" / name
         folder.mkdir(parents=True, exist_ok=True)
         folder.chmod(mode)
         os.chown(folder, uid, uid)
-        if folder.parent != sandbox_dir / "upper":
+        if folder.parent != root / "upper":
             os.chown(folder.parent, uid, uid)
 
 
-def disk_usage(folder: Path) -> int:
-    """Bytes allocated under `folder`, never following links."""
+def disk_usage(sandbox_dir: Path) -> int:
+    """Bytes the sandbox's writable layer takes on the host disk, never following links."""
+    image = sandbox_dir / DISK_IMAGE
+    if image.exists():
+        return image.stat().st_blocks * 512
     total = 0
-    stack = [str(folder)]
+    stack = [str(sandbox_dir / "upper")]
     while stack:
         try:
             entries = list(os.scandir(stack.pop()))

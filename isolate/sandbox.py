@@ -33,6 +33,7 @@ from .types import (
     ReadFileResult,
     ResourceUsage,
     SandboxInfo,
+    now_iso,
 )
 from .validation import resolve_path
 
@@ -48,10 +49,6 @@ BASE_ENV = {
     "TERM": "xterm",
     "HOSTNAME": "sandbox",
 }
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _number(reply: dict[str, Any], key: str, kind: type = float) -> Any:
@@ -171,7 +168,7 @@ class Sandbox:
         request = self._exec_request(command, args, env, cwd, timeout)
         data = stdin.encode() if isinstance(stdin, str) else stdin
         request["stdin"] = data is not None
-        cgroup = self._manager.cgroup(self.name)
+        cgroup = self._manager.cgroup(self._record)
         client = self._manager.client(self.name)
 
         def generate() -> Iterator[ExecEvent]:
@@ -335,7 +332,8 @@ class Sandbox:
         self._manager.unexpose_port(self.name, port)
 
     def exposed_ports(self) -> list[ExposedPort]:
-        return [self._manager.exposed_port(self.name, port) for port in self._current_record().exposed_ports]
+        record = self._current_record()
+        return [self._manager.exposed_port(record, port) for port in record.exposed_ports]
 
     # --- git ---
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 ExitReason = Literal["exited", "signaled", "timeout", "oom", "output_limit"]
@@ -11,6 +12,11 @@ EventType = Literal["start", "stdout", "stderr", "complete", "error"]
 FileType = Literal["file", "directory", "symlink", "other"]
 
 MiB = 1024 * 1024
+
+
+def now_iso() -> str:
+    """UTC time as ISO-8601 with milliseconds and a Z, as Cloudflare's API writes timestamps."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -22,7 +28,7 @@ class Limits:
     cpu_percent: int = 100  # of one core
     exec_timeout: float = 300.0  # seconds of wall time per exec
     output_bytes: int = 16 * MiB  # per stream per exec; excess is cut and the run ends as output_limit
-    disk_mb: int = 2048
+    disk_mb: int | None = 2048  # None: no quota, the layer is a plain folder on the host's disk
     open_files: int = 1024
     file_size_mb: int = 1024
 

@@ -58,9 +58,11 @@ def manager(state_dir: Path) -> Iterator[SandboxManager]:
     yield manager
     for name in manager.names():
         manager.destroy(name)
+    manager.pool.drain()
     leftovers = cgroups.list_sandbox_cgroups(settings.instance)
     for name in leftovers:
         cgroups.SandboxCgroup(settings.instance, name).remove()
+    cgroups.remove_parent(settings.instance)
     network = network_leftovers(manager)
     manager.clean_leftovers()
     assert not leftovers, f"tests left cgroups behind: {leftovers}"
@@ -68,10 +70,10 @@ def manager(state_dir: Path) -> Iterator[SandboxManager]:
 
 
 def network_leftovers(manager: SandboxManager) -> list[str]:
-    """Namespaces, veths and nftables state of this test instance that still exist."""
+    """Veths, addresses and nftables state of this test instance that still exist (namespaces die with their jails)."""
     networks = manager.networks
-    found = [f"netns:{name}" for name in netns.names(networks.netns_name(""))]
-    found += [f"veth:{interface}" for interface in netns.veths_by_alias(networks.alias("")).values()]
+    found = [f"veth:{interface}" for interface in netns.veths_by_alias(networks.alias("")).values()]
+    found += [f"address:{key}" for key in networks.pool.names()]
     if nft.available() and nft.table_exists(networks.table):
         found.append(f"nft table:{networks.table}")
     return found

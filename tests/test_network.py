@@ -6,11 +6,13 @@ for a host on the internet), to the host's own addresses, or to loopback.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -59,9 +61,26 @@ def host_service() -> Iterator[int]:
 
 
 def addresses(manager: SandboxManager, sandbox: Sandbox):  # type: ignore[no-untyped-def]
-    slot = manager.networks.pool.recorded(sandbox.name)
+    slot = manager.networks.pool.recorded(manager.networks.key(sandbox._record))
     assert slot is not None
     return slot
+
+
+def namespace_of(manager: SandboxManager, name: str) -> int:
+    """The inode of the network namespace the sandbox's jail last ran in."""
+    return int((manager.run_dir(name) / "netns").read_text())
+
+
+def namespace_users(inode: int) -> list[int]:
+    """Live processes in that namespace (the kernel frees it when none is left)."""
+    users = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.stat(entry / "ns" / "net").st_ino == inode:
+                users.append(int(entry.name))
+        except OSError:
+            continue
+    return users
 
 
 def test_default_policy_is_none_only_loopback(sandbox, remote):
@@ -162,15 +181,20 @@ def test_stop_and_restart_keep_the_policy_and_addresses_and_destroy_removes_ever
     sandbox = Sandbox(manager, manager.open(name, network={"allow": [f"{remote.address}:7001"]}))
     exposed = sandbox.expose_port(9000)
     assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"
-    interface, netns_name = manager.networks.interface(name), manager.networks.netns_name(name)
+    record = sandbox._record
+    interface = manager.networks.interface(record)
+    first = namespace_of(manager, name)
+    assert namespace_users(first)
     sandbox.stop()
-    assert netns_name not in netns.names("") and not interface_exists(interface)
+    assert namespace_users(first) == [] and not interface_exists(interface)
     assert interface not in nft.sandbox_interfaces(manager.networks.table)
     assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"  # wakes with the same policy
     assert sandbox.exposed_ports()[0].host == exposed.host
+    second = namespace_of(manager, name)
+    assert namespace_users(second)  # a new namespace (the kernel may reuse the number)
     sandbox.destroy()
-    assert netns_name not in netns.names("") and not interface_exists(interface)
-    assert manager.networks.pool.recorded(name) is None
+    assert namespace_users(second) == [] and not interface_exists(interface)
+    assert manager.networks.pool.recorded(manager.networks.key(record)) is None
     if nft.table_exists(manager.networks.table):
         assert interface not in nft.sandbox_interfaces(manager.networks.table)
 
@@ -180,33 +204,36 @@ def test_start_up_clean_up_removes_what_a_crash_left(manager, remote):
     sandbox = Sandbox(manager, manager.open(name, network="open"))
     sandbox.expose_port(9001)
     sandbox.ping()
-    interface = manager.networks.interface(name)
-    # a crash: the jail is killed and the sandbox's folder vanishes, nothing else is cleaned
-    manager.cgroup(name).kill()
+    record = sandbox._record
+    interface, key = manager.networks.interface(record), manager.networks.key(record)
+    # a crash half-way through a destroy: the sandbox's folder is gone, its jail, veth and rules are not
     subprocess.run(["rm", "-rf", str(manager.sandbox_dir(name))], check=True)
     assert interface_exists(interface)
     removed = SandboxManager(manager.settings).clean_leftovers()
-    assert f"network:{name}" in removed and f"address:{name}" in removed
+    assert f"rules:{interface}" in removed and f"address:{key}" in removed
     assert not interface_exists(interface)
-    assert manager.networks.netns_name(name) not in netns.names("")
+    assert manager.networks.pool.recorded(key) is None
     manager.destroy(name)
 
 
 @pytest.mark.slow
 def test_twenty_allowlisted_sandboxes_leave_nothing_behind(manager, remote):
     names = [unique_name("many") for _ in range(20)]
+    records = []
     try:
         for name in names:
-            Sandbox(manager, manager.open(name, network={"allow": ["remote.test:7001"]})).ping()
+            sandbox = Sandbox(manager, manager.open(name, network={"allow": ["remote.test:7001"]}))
+            sandbox.ping()
+            records.append(sandbox._record)
         assert len(nft.sandbox_interfaces(manager.networks.table)) >= 20
     finally:
         for name in names:
             manager.destroy(name)
-    ours = set(names)
-    assert not [n for n in netns.names(manager.networks.netns_name("")) if n.split(".", 1)[1] in ours]
-    assert not [a for a in netns.veths_by_alias(manager.networks.alias("")) if a.split(".", 1)[1] in ours]
+    interfaces = {manager.networks.interface(record) for record in records}
+    assert not interfaces & set(netns.veths_by_alias(manager.networks.alias("")).values())
+    assert not {manager.networks.key(record) for record in records} & set(manager.networks.pool.names())
     if nft.table_exists(manager.networks.table):
-        assert not {manager.networks.interface(n) for n in names} & set(nft.sandbox_interfaces(manager.networks.table))
+        assert not interfaces & set(nft.sandbox_interfaces(manager.networks.table))
     if not manager.names():
         assert network_leftovers(manager) == []
 

@@ -59,6 +59,14 @@ def os_error(exc, path):
     return AgentError(code, "%s: %s" % (os.strerror(exc.errno or 0), path))
 
 
+def must_exist(path):
+    """The path itself (a symlink counts, dangling or not), or the error a caller should see."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+
+
 class SpawnError(Exception):
     def __init__(self, err, stage):
         Exception.__init__(self, err, stage)
@@ -301,10 +309,7 @@ class Agent:
 
     def op_rename(self, conn, request, payload):
         old, new = request["old"], request["new"]
-        try:
-            os.lstat(old)
-        except OSError as exc:
-            raise os_error(exc, old) from None
+        must_exist(old)
         try:
             os.rename(old, new)
         except OSError as exc:
@@ -313,10 +318,7 @@ class Agent:
 
     def op_move(self, conn, request, payload):
         source, destination = request["source"], request["destination"]
-        try:
-            os.lstat(source)
-        except OSError as exc:
-            raise os_error(exc, source) from None
+        must_exist(source)
         try:
             if os.path.isdir(destination) and not os.path.islink(destination):
                 destination = os.path.join(destination, os.path.basename(source))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,33 +30,29 @@ from ..net import netns
 from . import JailSpec
 
 SUPERVISOR = r"""
-uid=$1 config=$2 nsjail=$3 count=$4
-shift 4
+uid=$1 config=$2 nsjail=$3 image=$4 mountpoint=$5 count=$6
+shift 6
 while [ "$count" -gt 0 ]; do
   echo $$ > "$1" || exit 97
   shift
   count=$((count - 1))
 done
-exec setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
+if [ -n "$image" ]; then
+  mount -n -i -t ext4 -o loop,nosuid,nodev,noatime -- "$image" "$mountpoint" || exit 96
+fi
+exec /usr/bin/setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
 """
 AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_NEEDS_ESCAPE = re.compile(rb'[^ -~]|["\\]')
 # /proc entries that describe or steer the host kernel; each is hidden behind an empty file.
 PROC_MASKS = ("kcore", "keys", "key-users", "sched_debug", "timer_list", "sysrq-trigger", "kallsyms", "kmsg", "latency_stats", "acpi", "scsi")
 
 
 def quote(text: str) -> str:
     """A protobuf text-format string literal."""
-    out = []
-    for byte in text.encode():
-        char = chr(byte)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 32 <= byte < 127:
-            out.append(char)
-        else:
-            out.append(f"\\{byte:03o}")
-    return '"' + "".join(out) + '"'
+    escaped = _NEEDS_ESCAPE.sub(lambda match: b"\\%03o" % match.group()[0], text.encode())
+    return '"' + escaped.decode("ascii") + '"'
 
 
 def find_nsjail() -> tuple[Path, Path | None]:
@@ -112,6 +109,7 @@ def render_config(spec: JailSpec) -> str:
         'cwd: "/"',
         "time_limit: 0",
         "silent: true",
+        "keep_env: true",  # the supervisor's environment is built here, from nothing but AGENT_ENV and spec.env
         "nice_level: 0",
         "log_level: WARNING",
         f"pass_fd: {spec.listen_fd}",
@@ -156,8 +154,6 @@ def render_config(spec: JailSpec) -> str:
     ]
     for entry in PROC_MASKS:
         lines.append(f'mount {{ src: "/dev/null" dst: "/proc/{entry}" is_bind: true rw: false mandatory: false }}')
-    for key, value in {**AGENT_ENV, **spec.env}.items():
-        lines.append(f"envar: {quote(f'{key}={value}')}")
     lines.append(f"seccomp_string: {quote(policy.load(spec.policy))}")
     return "\n".join(lines) + "\n"
 
@@ -175,7 +171,11 @@ class NsjailBackend:
             os.write(config_fd, render_config(spec).encode())
             os.lseek(config_fd, 0, os.SEEK_SET)
             procs = spec.cgroup.procs_files()
-            argv = ["/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary), str(len(procs)), *procs, *spec.agent_argv]
+            disk = spec.rootfs.disk_image
+            # with a disk image, the supervisor gets a private mount namespace to loop-mount it in
+            prefix = ["/usr/bin/unshare", "--mount", "--propagation", "private", "--"] if disk else []
+            argv = [*prefix, "/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary),
+                    str(disk or ""), str(spec.rootfs.disk_mount or ""), str(len(procs)), *procs, *spec.agent_argv]
             with open(spec.run_dir / "jail.log", "ab") as log, netns.entered(spec.netns) if spec.netns else contextlib.nullcontext():
                 process = subprocess.Popen(
                     argv,
@@ -184,7 +184,7 @@ class NsjailBackend:
                     stderr=log,
                     pass_fds=(spec.listen_fd, config_fd),
                     start_new_session=True,
-                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                    env={**AGENT_ENV, **spec.env},
                 )
         finally:
             os.close(config_fd)

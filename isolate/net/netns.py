@@ -1,9 +1,12 @@
 """Network namespaces and veth pairs, made in-process: unshare/setns on the calling thread, pyroute2 for links.
 
-Every sandbox's jail runs in a named namespace (/run/netns/<instance>.<sandbox>) that
-root made, so nothing inside (its root has no capability over a namespace owned by the
-host's user namespace) can change its interfaces, addresses or routes. Namespaces are
-per thread in Linux: a thread steps in, does its work (or forks the jail), and steps back.
+A sandbox's namespace has no name on the host (nothing under /run/netns): the starting thread
+makes it, configures it, forks the jail from inside it and steps back; from then on the jail's
+processes are what keep it alive, so when the jail ends the kernel frees the namespace and the
+veth end inside it (which takes the host's end along). Nothing can be left behind, and a bind
+mount under /run/netns, copied into every mount namespace made meanwhile, cannot pin it either.
+Root made it, so nothing inside (its root holds no capability over a namespace owned by the
+host's user namespace) can change its interfaces, addresses or routes.
 """
 
 from __future__ import annotations
@@ -21,10 +24,7 @@ from pathlib import Path
 from ..errors import HostError
 from .pool import Slot
 
-NETNS_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
-MS_BIND, MS_REC, MS_SHARED = 0x1000, 0x4000, 1 << 20
-MNT_DETACH = 2
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 SANDBOX_INTERFACE = "eth0"
 # Written inside each sandbox namespace: no IPv6 (only IPv4 is firewalled), and every port
@@ -48,34 +48,26 @@ def _setns(fd: int) -> None:
     _check(_libc.setns(fd, CLONE_NEWNET), "setns")
 
 
-def path_of(name: str) -> Path:
-    return NETNS_DIR / name
+def path_of(fd: int) -> Path:
+    """A path to the namespace held by `fd`: for setns here, or `nsenter --net=` in a child while we hold it."""
+    return Path(f"/proc/{os.getpid()}/fd/{fd}")
 
 
 @contextlib.contextmanager
-def entered(path: Path) -> Iterator[None]:
-    """Run the block (and whatever it forks) in the namespace at `path`; only this thread moves."""
-    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def entered(target: Path | int) -> Iterator[None]:
+    """Run the block (and whatever it forks) in the namespace at `target`; only this thread moves."""
+    fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC) if isinstance(target, Path) else target
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _setns(target)
+        _setns(fd)
         try:
             yield
         finally:
             _setns(home)  # if this failed the thread would stay inside: _check raises, loudly
     finally:
-        os.close(target)
+        if isinstance(target, Path):
+            os.close(fd)
         os.close(home)
-
-
-def _share_netns_dir() -> None:
-    """Like iproute2: /run/netns is a shared mount, so namespaces bound there show in every mount namespace."""
-    NETNS_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
-    mounts = Path("/proc/self/mountinfo").read_text()
-    if f" {NETNS_DIR} " in mounts:
-        return
-    _check(_libc.mount(str(NETNS_DIR).encode(), str(NETNS_DIR).encode(), b"none", MS_BIND | MS_REC, None), "bind /run/netns")
-    _check(_libc.mount(b"", str(NETNS_DIR).encode(), b"none", MS_SHARED | MS_REC, None), "share /run/netns")
 
 
 def _write_sysctl(key: str, value: str) -> None:
@@ -90,47 +82,42 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
 
 
-def create(name: str) -> Path:
-    """A fresh named namespace with `lo` up and nothing else (~1 ms)."""
-    _share_netns_dir()
-    path = path_of(name)
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-    os.close(fd)
+def create() -> int:
+    """A new namespace with `lo` up and nothing else (~1 ms); the returned fd keeps it alive until closed."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        fd = -1
         try:
-            _check(_libc.mount(b"/proc/thread-self/ns/net", str(path).encode(), b"none", MS_BIND, None), f"bind {path}")
+            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             _loopback_up()
             for key, value in SANDBOX_SYSCTLS.items():
                 _write_sysctl(key, value)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
         finally:
             _setns(home)
-    except BaseException:
-        remove(name)
-        raise
     finally:
         os.close(home)
-    return path
+    return fd
 
 
-def remove(name: str) -> bool:
-    """Unbind and delete the namespace; the kernel frees it (and its veth end) once no process is left in it."""
-    path = path_of(name)
-    if _libc.umount2(str(path).encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
-        raise HostError(f"umount {path}: {os.strerror(ctypes.get_errno())}")
+def inode(fd: int) -> int:
+    return os.fstat(fd).st_ino
+
+
+def of_process(pid: int, expected_inode: int) -> int | None:
+    """An fd on the namespace of process `pid` if it still is the one recorded (pids get reused), else None."""
     try:
-        path.unlink()
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def names(prefix: str) -> list[str]:
-    try:
-        return sorted(entry for entry in os.listdir(NETNS_DIR) if entry.startswith(prefix))
-    except FileNotFoundError:
-        return []
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    if inode(fd) != expected_inode:
+        os.close(fd)
+        return None
+    return fd
 
 
 def _ipr():  # type: ignore[no-untyped-def]
@@ -139,14 +126,14 @@ def _ipr():  # type: ignore[no-untyped-def]
     return IPRoute()
 
 
-def attach_veth(path: Path, host_interface: str, alias: str, slot: Slot) -> None:
+def attach_veth(netns: int, host_interface: str, alias: str, slot: Slot) -> None:
     """A veth pair: `eth0` inside with the sandbox's address and a default route via the host's side.
 
     The host side is tagged with `alias` (found again after a crash), keeps no IPv6
     address, and may carry loopback-sourced packets (exposed ports are DNAT-ed from 127.x)."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        with entered(path), _ipr() as inside:
+        with entered(netns), _ipr() as inside:
             inside.link("add", ifname=SANDBOX_INTERFACE, kind="veth", peer={"ifname": host_interface, "net_ns_fd": home})
             index = inside.link_lookup(ifname=SANDBOX_INTERFACE)[0]
             inside.addr("add", index=index, address=slot.sandbox_address, prefixlen=30)

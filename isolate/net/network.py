@@ -1,20 +1,24 @@
 """Each sandbox's network, from start to destroy: namespace, veth, addresses, firewall rules, name files.
 
-Every jail runs in a named namespace of its own (/run/netns/<instance>.<sandbox>). With policy
-"none" and no exposed port it holds only `lo`. Egress (open, allowlist) or an exposed port adds
-a veth pair: `eth0` inside with the sandbox's address of its /30, the host's side routed, and
+Every jail runs in a network namespace of its own, made for it at start. With policy "none"
+and no exposed port it holds only `lo`. Egress (open, allowlist) or an exposed port adds a
+veth pair: `eth0` inside with the sandbox's address of its /30, the host's side routed, and
 the instance's nftables table deciding what passes. Because the namespace outlives any policy,
 a policy change or an exposed port applies live: nothing restarts, running processes see
 `eth0` come or go.
 
-A start rebuilds the namespace from the record; a stop or a destroy removes namespace, veth
-and rules (a destroy also frees the /30); start-up clean-up removes what a crash left.
+The namespace lives exactly as long as the jail (see netns.py). A start rebuilds everything
+from the record; a stop or a destroy removes the veth and rules (a destroy also frees the
+/30); start-up clean-up removes what a crash left. Everything is keyed by the sandbox's uid,
+which stays when a sandbox is renamed (a warm-pool spare handed out under a new name).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Iterable
+import os
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +29,9 @@ from .pool import AddressPool, Slot, host_lock
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..record import SandboxRecord
+
+NETNS_FILE = "netns"  # in the run folder: the inode of the jail's namespace, to find it again for live changes
 
 
 @dataclass(frozen=True)
@@ -43,17 +50,18 @@ class SandboxNetworks:
         self.resolver = settings.resolver
         self._nameservers = settings.nameservers
 
-    # --- names: all derived from the instance and the sandbox's name, so a crash loses nothing ---
+    # --- names: all derived from the instance and the sandbox's uid, so a crash or a rename loses nothing ---
 
-    def netns_name(self, name: str) -> str:
-        return f"{self.instance}.{name}"
+    @staticmethod
+    def key(record: SandboxRecord) -> str:
+        return f"uid-{record.uid}"
 
-    def interface(self, name: str) -> str:
+    def interface(self, record: SandboxRecord) -> str:
         """The host side's veth: 15 characters at most (IFNAMSIZ); the alias says whose it is."""
-        return "iv" + hashlib.sha256(self.netns_name(name).encode()).hexdigest()[:13]
+        return "iv" + hashlib.sha256(f"{self.instance}/{self.key(record)}".encode()).hexdigest()[:13]
 
-    def alias(self, name: str) -> str:
-        return f"isolate {self.netns_name(name)}"
+    def alias(self, key: str) -> str:
+        return f"isolate {self.instance} {key}"
 
     @staticmethod
     def files(sandbox_dir: Path) -> tuple[Path, Path]:
@@ -66,36 +74,51 @@ class SandboxNetworks:
 
     # --- lifecycle ---
 
-    def prepare(self, name: str, sandbox_dir: Path, policy: NetworkPolicy, ports: Iterable[int]) -> JailNetwork:
-        """Before the jail starts: a fresh namespace, set up as the record says."""
-        self.release(name)  # whatever an earlier run left
-        path = netns.create(self.netns_name(name))
+    @contextlib.contextmanager
+    def attached(self, record: SandboxRecord, sandbox_dir: Path, run_dir: Path) -> Iterator[JailNetwork]:
+        """A fresh namespace for a starting jail, set up as the record says; held open until the jail is in it."""
+        self.release(record)  # whatever an earlier run left
+        fd = netns.create()
         try:
-            self._configure(name, sandbox_dir, path, policy, tuple(ports))
+            self._configure(record, sandbox_dir, fd)
+            (run_dir / NETNS_FILE).write_text(str(netns.inode(fd)))
+            hosts, resolv = self.files(sandbox_dir)
+            yield JailNetwork(netns.path_of(fd), ((str(hosts), "/etc/hosts"), (str(resolv), "/etc/resolv.conf")))
         except BaseException:
-            self.release(name)
+            self.release(record)
             raise
-        hosts, resolv = self.files(sandbox_dir)
-        return JailNetwork(path, ((str(hosts), "/etc/hosts"), (str(resolv), "/etc/resolv.conf")))
+        finally:
+            os.close(fd)
 
-    def update(self, name: str, sandbox_dir: Path, policy: NetworkPolicy, ports: Iterable[int]) -> bool:
-        """Apply a changed policy or port list to a running sandbox, live. False if it has no namespace now."""
-        path = netns.path_of(self.netns_name(name))
-        if not path.exists():
+    def update(self, record: SandboxRecord, sandbox_dir: Path, run_dir: Path, members: Collection[int]) -> bool:
+        """Apply a changed policy or port list to a running sandbox, live. False if its jail is not running.
+
+        The jail is found by its supervisor's pid, which must still be one of `members` (the
+        sandbox's cgroup) and still be in the namespace recorded at start: pids get reused."""
+        try:
+            pid, inode = (int((run_dir / name).read_text()) for name in ("pid", NETNS_FILE))
+        except (OSError, ValueError):
             return False
-        self._configure(name, sandbox_dir, path, policy, tuple(ports))
+        fd = netns.of_process(pid, inode) if pid in members else None
+        if fd is None:
+            return False
+        try:
+            self._configure(record, sandbox_dir, fd)
+        finally:
+            os.close(fd)
         return True
 
-    def _configure(self, name: str, sandbox_dir: Path, path: Path, policy: NetworkPolicy, ports: tuple[int, ...]) -> None:
+    def _configure(self, record: SandboxRecord, sandbox_dir: Path, fd: int) -> None:
+        policy, ports = record.network, record.exposed_ports
         resolved = policy.resolve(self.resolver)
-        interface = self.interface(name)
+        interface = self.interface(record)
         with host_lock():
             if policy.has_egress or ports:
-                slot = self.pool.recorded(name) if Path(f"/sys/class/net/{interface}").exists() else None
+                slot = self.pool.recorded(self.key(record)) if Path(f"/sys/class/net/{interface}").exists() else None
                 if slot is None:
                     netns.detach_veth(interface)
-                    slot = self.pool.claim(name)
-                    netns.attach_veth(path, interface, self.alias(name), slot)
+                    slot = self.pool.claim(self.key(record))
+                    netns.attach_veth(fd, interface, self.alias(self.key(record)), slot)
                 if not nft.table_exists(self.table):
                     nft.run(nft.skeleton(self.table, self.pool.pool))
                 if policy.has_egress:
@@ -103,38 +126,36 @@ class SandboxNetworks:
                 nft.run(nft.apply_sandbox(self.table, interface, policy.mode, resolved.destinations,
                                           slot.expose_address, slot.sandbox_address, ports))
             else:
-                self._unwire(name)
+                self._unwire(self.key(record), interface)
         hosts, resolv = self.files(sandbox_dir)
         hosts.parent.mkdir(mode=0o755, exist_ok=True)
         names.write_in_place(hosts, names.hosts_file(resolved))
         names.write_in_place(resolv, names.resolv_conf(resolved, self.nameservers))
 
-    def _unwire(self, name: str) -> None:
-        """Remove the sandbox's rules and veth (host lock held)."""
-        slot = self.pool.recorded(name)
-        interface = self.interface(name)
+    def _unwire(self, key: str, interface: str) -> None:
+        """Remove a sandbox's rules and veth (host lock held)."""
+        slot = self.pool.recorded(key)  # none: never wired, so no rules to remove
         if slot is not None and nft.table_exists(self.table):
             nft.run(nft.remove_sandbox(self.table, interface, slot.expose_address))
             if not nft.sandbox_interfaces(self.table):
                 nft.delete_table(self.table)  # the instance's last wired sandbox is gone
         netns.detach_veth(interface)
 
-    def release(self, name: str) -> None:
-        """After the jail stopped: rules, veth and namespace go; the sandbox keeps its /30 for next time."""
+    def release(self, record: SandboxRecord) -> None:
+        """The jail stopped (its namespace went with it): its rules and veth go; it keeps its /30 for next time."""
         with host_lock():
-            self._unwire(name)
-        netns.remove(self.netns_name(name))
+            self._unwire(self.key(record), self.interface(record))
 
-    def forget(self, name: str) -> None:
+    def forget(self, record: SandboxRecord) -> None:
         """The sandbox is destroyed: release everything, its /30 included."""
-        self.release(name)
         with host_lock():
-            self.pool.release([name])
+            self._unwire(self.key(record), self.interface(record))
+            self.pool.release([self.key(record)])
 
-    def expose_slot(self, name: str) -> Slot:
+    def expose_slot(self, record: SandboxRecord) -> Slot:
         """The sandbox's /30 (claimed now if it never had one): where its exposed ports answer."""
         with host_lock():
-            return self.pool.recorded(name) or self.pool.claim(name)
+            return self.pool.recorded(self.key(record)) or self.pool.claim(self.key(record))
 
     def reaches(self, policy: NetworkPolicy, host: str, port: int) -> bool:
         """Would this policy let the sandbox reach `host`:`port`? (the same resolution the firewall gets)"""
@@ -144,25 +165,22 @@ class SandboxNetworks:
 
     # --- after a crash ---
 
-    def clean_leftovers(self, known: set[str], running: set[str]) -> list[str]:
-        """Remove namespaces, veths and rules of sandboxes that are gone or not running, and /30s of gone ones."""
+    def clean_leftovers(self, known: list[SandboxRecord], running: list[SandboxRecord]) -> list[str]:
+        """Remove veths and rules of sandboxes that are gone or not running, and the /30s of gone ones."""
         removed = []
-        prefix = f"{self.instance}."
-        owners = {ns[len(prefix):] for ns in netns.names(prefix)}
-        owners |= {alias[len(self.alias("")):] for alias in netns.veths_by_alias(self.alias(""))}
-        for name in sorted(owners - running):
-            self.release(name)
-            removed.append(f"network:{name}")
+        live = {self.interface(record) for record in running}
         with host_lock():
+            for alias, interface in netns.veths_by_alias(self.alias("")).items():
+                if interface not in live:
+                    netns.detach_veth(interface)
+                    removed.append(f"veth:{alias.rsplit(' ', 1)[1]}")
             if nft.table_exists(self.table):
-                live = {self.interface(name) for name in running}
-                orphans = [interface for interface in nft.sandbox_interfaces(self.table) if interface not in live]
-                for interface in orphans:
-                    nft.run(nft.remove_sandbox(self.table, interface, nft.expose_address_of(self.table, interface)))
-                    removed.append(f"rules:{interface}")
-                if not running and not nft.sandbox_interfaces(self.table):
+                for interface in nft.sandbox_interfaces(self.table):
+                    if interface not in live:
+                        nft.run(nft.remove_sandbox(self.table, interface, nft.expose_address_of(self.table, interface)))
+                        removed.append(f"rules:{interface}")
+                if not nft.sandbox_interfaces(self.table):
                     nft.delete_table(self.table)
-            gone = [name for name in self.pool.names() if name not in known]
+            gone = sorted(set(self.pool.names()) - {self.key(record) for record in known})
             self.pool.release(gone)
-        removed += [f"address:{name}" for name in gone]
-        return removed
+        return removed + [f"address:{key}" for key in gone]
