@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--submodules", action="store_true", help="clone submodules too")
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     commands.add_parser("gc", help="remove what crashed runs left behind (cgroups, processes, run folders, networks)")
+    sub = commands.add_parser("serve", help="serve Cloudflare's sandbox container API over HTTP (the worker)")
+    sub.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT or unix:/path (default 127.0.0.1:8080)")
+    sub.add_argument("--token-file", help="file holding the token clients send as X-Isolate-Token (else ISOLATE_TOKEN)")
+    sub.add_argument("--max-body-mb", type=int, default=64, help="largest request body accepted (413 past it)")
+    sub.add_argument("--threads", type=int, default=256, help="sandbox calls served at once (streams included)")
+    sub.add_argument("--shutdown-timeout", type=float, default=20.0, help="seconds in-flight requests get after SIGTERM")
     commands.add_parser("doctor", help="check this host and say how to fix what is missing")
     return parser
 
@@ -238,6 +244,13 @@ def _dispatch(manager: SandboxManager, args: argparse.Namespace) -> int:
         for item in manager.clean_leftovers():
             print(f"removed {item}")
         return 0
+    if args.command == "serve":
+        from .worker.auth import load_token
+        from .worker.server import WorkerOptions, parse_listen, run
+
+        options = WorkerOptions(listen=parse_listen(args.listen), token=load_token(args.token_file), max_body=args.max_body_mb << 20,
+                                threads=args.threads, shutdown_timeout=args.shutdown_timeout)
+        return run(manager, options)
     if args.command == "doctor":
         text, healthy = doctor.report(doctor.run_checks())
         print(text)

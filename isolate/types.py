@@ -10,6 +10,8 @@ from typing import Any, Literal
 ExitReason = Literal["exited", "signaled", "timeout", "oom", "output_limit"]
 EventType = Literal["start", "stdout", "stderr", "complete", "error"]
 FileType = Literal["file", "directory", "symlink", "other"]
+ProcessStatus = Literal["starting", "running", "completed", "failed", "killed", "error"]
+PROCESS_STATUSES = ("starting", "running", "completed", "failed", "killed", "error")
 
 MiB = 1024 * 1024
 
@@ -146,3 +148,34 @@ class GitCheckoutEvent:
     percent: int | None = None
     text: str = ""
     result: GitCheckoutResult | None = None
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A background process started with `start_process`."""
+
+    id: str
+    pid: int
+    command: str
+    status: ProcessStatus
+    start_time: str
+    end_time: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class ProcessLogs:
+    """What a background process wrote (its last MiB of output when it wrote more)."""
+
+    process_id: str
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class ProcessEvent:
+    """One event of `stream_process_logs`: output as it comes (earlier output replayed first), then `exit`."""
+
+    type: Literal["stdout", "stderr", "exit"]
+    data: str = ""
+    process: ProcessInfo | None = None  # set on `exit`

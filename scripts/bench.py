@@ -109,11 +109,42 @@ def main() -> None:
             assert sandbox.read_file("/workspace/blob", encoding="bytes").content == payload
 
         line("nsjail: write_file + read_file of 1 MiB", timed(round_trip, args.runs))
+        print()
+        embedded = line("embedded: sandbox.exec('true') (shell form)", timed(lambda: sandbox.exec("true"), args.runs))
+        worker_figures(args.runs, embedded)
         print(f"\nidle memory: {manager.cgroup(manager.load('warm')).memory_bytes() / MiB:.1f} MiB charged to one idle sandbox's cgroup")
     finally:
         for name in manager.names():
             manager.destroy(name)
         cgroups.remove_parent(manager.settings.instance)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def worker_figures(runs: int, embedded: float) -> None:
+    """The worker over HTTP on loopback (keep-alive connection), beside the embedded call."""
+    import httpx
+
+    from tests.workers import Worker
+
+    state = Path(tempfile.mkdtemp(prefix="isolate-bench-worker-", dir="/var/tmp"))
+    state.chmod(0o711)
+    worker = Worker(state, token=None)
+    try:
+        worker.start()
+        port = worker.port
+        served = {"X-Sandbox-Id": "served"}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+            client.post("/api/execute", json={"command": "true"}, headers=served).raise_for_status()  # created and started: warm now
+            line("worker: GET /api/ping", timed(lambda: client.get("/api/ping"), runs))
+            line("worker: POST /api/execute {command: 'true'}",
+                 timed(lambda: client.post("/api/execute", json={"command": "true"}, headers=served), runs), embedded, "embedded")
+            client.delete("/api/sandbox", headers=served)
+    finally:
+        worker.stop()
+        leftover = SandboxManager(Settings(state_dir=state))
+        for name in leftover.names():
+            leftover.destroy(name)
+        cgroups.remove_parent(leftover.settings.instance)
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -8,12 +8,16 @@ host's routes first. Made with iproute2's `ip`, independent of the code under te
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import random
 import secrets
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from isolate.net.pool import host_routes
@@ -138,3 +142,89 @@ class RemoteHost:
 def probe(sandbox, host: str, port: int, timeout: float = 3) -> str:  # type: ignore[no-untyped-def]
     """Try a TCP connection from inside `sandbox`: "ok hello <address>" or "error <reason>"."""
     return sandbox.exec("python3", ["-c", PROBE, host, str(port), str(timeout)]).stdout.strip()
+
+
+HTTP_SERVER = r"""
+import functools, http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    def do_GET(self):
+        if self.path.startswith("/private/"):
+            self.send_response(401); self.send_header("WWW-Authenticate", 'Basic realm="git"'); self.send_header("Content-Length", "0")
+            self.end_headers(); return
+        super().do_GET()
+    def log_message(self, *args): pass
+server = http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[2])), functools.partial(Handler, directory=sys.argv[1]))
+print("ready", flush=True)
+server.serve_forever()
+"""
+SILENT_SERVER = r"""
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8)
+print("ready", flush=True)
+held = []
+while True:
+    held.append(s.accept()[0])
+"""
+
+
+def git(*args: str, cwd: Path) -> str:
+    """Run git on the host to build test repositories (local only)."""
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", *args], cwd=cwd,
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def make_repository(base: Path, name: str, commits: list[tuple[str, dict[str, str]]], branch: str = "main") -> Path:
+    """A work tree under `base` with `commits` (message, files) on `branch`; returns it."""
+    work = base / f"{name}-work"
+    if not work.exists():
+        work.mkdir()
+        git("init", cwd=work)
+    if branch != "main":  # git init made main (init.defaultBranch)
+        git("checkout", "-b", branch, cwd=work)
+    for message, files in commits:
+        for path, text in files.items():
+            (work / path).write_text(text)
+        git("add", ".", cwd=work)
+        git("commit", "-m", message, cwd=work)
+    return work
+
+
+def make_repositories(base: Path) -> None:
+    """demo.git (main: 2 commits, feature: 3), sub.git, super.git (submodule `sub` -> git://git.test/sub.git)."""
+    work = make_repository(base, "demo", [("one", {"README": "main one\n"}), ("two", {"README": "main two\n"})])
+    make_repository(base, "demo", [("three", {"feature.txt": "feature\n"})], branch="feature")
+    git("checkout", "main", cwd=work)
+    git("clone", "--bare", str(work), str(base / "demo.git"), cwd=base)
+    sub = make_repository(base, "sub", [("sub", {"inside.txt": "from the submodule\n"})])
+    git("clone", "--bare", str(sub), str(base / "sub.git"), cwd=base)
+    sup = base / "superwork"
+    sup.mkdir()
+    git("init", cwd=sup)
+    (sup / ".gitmodules").write_text('[submodule "sub"]\n\tpath = sub\n\turl = git://git.test/sub.git\n')
+    git("add", ".gitmodules", cwd=sup)
+    git("update-index", "--add", "--cacheinfo", f"160000,{git('rev-parse', 'HEAD', cwd=sub)},sub", cwd=sup)
+    git("commit", "-m", "with a submodule", cwd=sup)
+    git("clone", "--bare", str(sup), str(base / "super.git"), cwd=base)
+    for bare in ("demo.git", "sub.git", "super.git"):
+        git("update-server-info", cwd=base / bare)  # for the dumb HTTP protocol
+    (base / "private").mkdir()
+
+
+@contextlib.contextmanager
+def git_server() -> Iterator[RemoteHost]:
+    """A remote git host: git daemon on 9418 (repositories `demo` with branches main and feature, `sub`,
+    and `super`, whose submodule is git://git.test/sub.git), a static HTTP server on 8400 (git's dumb
+    HTTP protocol; /private/ answers 401), and a listener on 8402 that accepts and never answers."""
+    repositories = Path(tempfile.mkdtemp(prefix="isolate-git-", dir="/var/tmp"))
+    host = RemoteHost()
+    try:
+        make_repositories(repositories)
+        host.run(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={repositories}", "--listen=0.0.0.0", "--port=9418",
+                  str(repositories)])
+        host.run([sys.executable, "-c", HTTP_SERVER, str(repositories), "8400"], ready="ready")
+        host.run([sys.executable, "-c", SILENT_SERVER, "8402"], ready="ready")
+        host.wait_for_port(9418)
+        yield host
+    finally:
+        host.close()
+        shutil.rmtree(repositories, ignore_errors=True)

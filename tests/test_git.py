@@ -1,17 +1,11 @@
 """git_checkout: git runs inside the sandbox, against a real git server in a namespace the test made.
 
-`git.test` is that server: git daemon on 9418 (repositories `demo` with branches main and
-feature, `sub`, and `super`, whose submodule is `sub`), a static HTTP server on 8400 (git's
-dumb HTTP protocol; /private/ answers 401), and a listener on 8402 that never answers.
+`git.test` is that server (tests/nethost.py: `git_server`).
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,91 +13,19 @@ from isolate import FileSystemError, IsolateError, Sandbox, SandboxManager
 from isolate.errors import GitError
 from isolate.net import nft
 from tests.conftest import unique_name
-from tests.nethost import TEST_NAMES, RemoteHost
-
-HTTP_SERVER = r"""
-import functools, http.server, sys
-class Handler(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self):
-        if self.path.startswith("/private/"):
-            self.send_response(401); self.send_header("WWW-Authenticate", 'Basic realm="git"'); self.send_header("Content-Length", "0")
-            self.end_headers(); return
-        super().do_GET()
-    def log_message(self, *args): pass
-server = http.server.ThreadingHTTPServer(("0.0.0.0", int(sys.argv[2])), functools.partial(Handler, directory=sys.argv[1]))
-print("ready", flush=True)
-server.serve_forever()
-"""
-SILENT_SERVER = r"""
-import socket, sys, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8)
-print("ready", flush=True)
-held = []
-while True:
-    held.append(s.accept()[0])
-"""
-
-
-def git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main", *args], cwd=cwd,
-                          check=True, capture_output=True, text=True).stdout.strip()
-
-
-def make_repositories(base: Path) -> None:
-    """demo.git (main: 2 commits, feature: 3), sub.git, super.git (submodule `sub` -> git://git.test/sub.git)."""
-    work = base / "work"
-    work.mkdir()
-    git("init", cwd=work)
-    (work / "README").write_text("main one\n")
-    git("add", ".", cwd=work)
-    git("commit", "-m", "one", cwd=work)
-    (work / "README").write_text("main two\n")
-    git("commit", "-am", "two", cwd=work)
-    git("checkout", "-b", "feature", cwd=work)
-    (work / "feature.txt").write_text("feature\n")
-    git("add", ".", cwd=work)
-    git("commit", "-m", "three", cwd=work)
-    git("checkout", "main", cwd=work)
-    git("clone", "--bare", str(work), str(base / "demo.git"), cwd=base)
-    sub = base / "subwork"
-    sub.mkdir()
-    git("init", cwd=sub)
-    (sub / "inside.txt").write_text("from the submodule\n")
-    git("add", ".", cwd=sub)
-    git("commit", "-m", "sub", cwd=sub)
-    git("clone", "--bare", str(sub), str(base / "sub.git"), cwd=base)
-    sup = base / "superwork"
-    sup.mkdir()
-    git("init", cwd=sup)
-    (sup / ".gitmodules").write_text('[submodule "sub"]\n\tpath = sub\n\turl = git://git.test/sub.git\n')
-    git("add", ".gitmodules", cwd=sup)
-    git("update-index", "--add", "--cacheinfo", f"160000,{git('rev-parse', 'HEAD', cwd=sub)},sub", cwd=sup)
-    git("commit", "-m", "with a submodule", cwd=sup)
-    git("clone", "--bare", str(sup), str(base / "super.git"), cwd=base)
-    for bare in ("demo.git", "sub.git", "super.git"):
-        git("update-server-info", cwd=base / bare)  # for the dumb HTTP protocol
-    (base / "private").mkdir()
+from tests.nethost import TEST_NAMES, RemoteHost, git_server
 
 
 @pytest.fixture(scope="module")
 def server(manager: SandboxManager) -> Iterator[RemoteHost]:
     if not nft.available():
         pytest.skip("nftables (libnftables) is not installed: apt-get install nftables")
-    repositories = Path(tempfile.mkdtemp(prefix="isolate-git-", dir="/var/tmp"))
-    host = RemoteHost()
-    try:
-        make_repositories(repositories)
-        host.run(["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={repositories}", "--listen=0.0.0.0", "--port=9418",
-                  str(repositories)])
-        host.run([sys.executable, "-c", HTTP_SERVER, str(repositories), "8400"], ready="ready")
-        host.run([sys.executable, "-c", SILENT_SERVER, "8402"], ready="ready")
-        host.wait_for_port(9418)
+    with git_server() as host:
         TEST_NAMES["git.test"] = [host.address]
-        yield host
-    finally:
-        TEST_NAMES.pop("git.test", None)
-        host.close()
-        subprocess.run(["rm", "-rf", str(repositories)], check=True)
+        try:
+            yield host
+        finally:
+            TEST_NAMES.pop("git.test", None)
 
 
 @pytest.fixture(scope="module")
@@ -237,3 +159,26 @@ def test_cli_git_clones_with_progress(manager, state_dir, server):
         assert "Receiving objects" in result.stderr
     finally:
         manager.destroy(name)
+
+
+def test_the_worker_clones_into_workspace_and_streams_progress(worker, server):
+    from isolate.client import get_sandbox as remote_sandbox
+
+    remote = remote_sandbox(unique_name("wk"), url=worker.url, token=worker.token)
+    url = f"git://{server.address}/demo.git"  # by address: the worker resolves names with the host's own resolver
+    try:
+        with pytest.raises(GitError) as caught:
+            remote.git_checkout(url)
+        assert caught.value.code == "GIT_NETWORK_ERROR" and "needs egress" in caught.value.message
+        assert remote.set_network({"allow": [f"{server.address}:9418"]}).mode == "allowlist"
+        result = remote.git_checkout(url)
+        assert (result.target_dir, result.branch) == ("/workspace/demo", "main")
+        assert remote.read_file("/workspace/demo/README").content == "main two\n"
+        stream = remote.git_checkout(url, branch="feature", depth=1, target_dir="/workspace/feature", stream=True)
+        phases = {event.phase for event in stream}
+        assert "Receiving objects" in phases and stream.result is not None and stream.result.branch == "feature"
+        with pytest.raises(GitError) as caught:
+            list(remote.git_checkout(f"git://{server.address}/missing.git", stream=True))
+        assert caught.value.code == "GIT_REPOSITORY_NOT_FOUND"
+    finally:
+        remote.destroy()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from isolate import Sandbox, SandboxManager, ValidationError
+from isolate import IsolateError, Sandbox, SandboxManager, ValidationError
 from isolate.net import netns, nft
 from tests.conftest import network_leftovers, unique_name
 from tests.nethost import PROBE, TEST_NAMES, RemoteHost, probe
@@ -276,3 +276,25 @@ def connect_error(address: str, port: int) -> str | None:
     except OSError as exc:
         return str(exc)
 
+
+
+def test_the_worker_sets_policies_and_exposes_ports(worker, remote):
+    from isolate.client import get_sandbox as remote_sandbox
+
+    sandbox = remote_sandbox(unique_name("wk"), url=worker.url, token=worker.token)
+    try:
+        assert sandbox.network.mode == "none"
+        assert sandbox.set_network({"allow": [f"{remote.address}:7001"]}).to_dict() == {"mode": "allowlist", "allow": [f"{remote.address}:7001"]}
+        assert sandbox.exec("python3", ["-c", PROBE, remote.address, "7001", "3"]).stdout.strip() == f"ok hello {remote.address}"
+        sandbox.write_file("/workspace/www/marker.txt", "through the worker")
+        sandbox.exec("cd /workspace/www && (nohup python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 &) ; sleep 0.5")
+        exposed = sandbox.expose_port(8080)
+        assert [p.port for p in sandbox.exposed_ports()] == [8080]
+        assert fetch(f"{exposed.url}/marker.txt") == "through the worker"
+        sandbox.unexpose_port(8080)
+        assert sandbox.exposed_ports() == []
+        with pytest.raises(IsolateError) as caught:
+            sandbox.set_network({"allow": ["169.254.169.254"]})
+        assert caught.value.code == "VALIDATION_FAILED" and caught.value.http_status == 400
+    finally:
+        sandbox.destroy()

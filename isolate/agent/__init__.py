@@ -20,13 +20,15 @@ def agent_source() -> str:
 
 SOURCE_VARIABLE = "ISOLATE_AGENT_SOURCE"
 CODE_VARIABLE = "ISOLATE_AGENT_CODE"
+CODE_PART_CHARS = 120_000  # one environment string may not pass 128 KiB (MAX_ARG_STRLEN): the bytecode travels in parts
 # The agent travels in environment variables (nothing to mount, and `ps` inside stays readable),
 # which it removes from the environment its commands inherit. Compiling its source costs ~7 ms
 # of every cold start, so it also travels as bytecode, used when the sandbox's Python has the
 # same version as this one (the host image's does) and the source otherwise.
 BOOTSTRAP = (
-    "import os,sys,marshal;"
-    f"c,s=os.environ.pop({CODE_VARIABLE!r}),os.environ.pop({SOURCE_VARIABLE!r});"
+    "import os,sys,marshal;e=os.environ;"
+    f"c=''.join(e.pop({CODE_VARIABLE!r}+str(i)) for i in range(int(e.pop({CODE_VARIABLE!r}+'_PARTS'))));"
+    f"s=e.pop({SOURCE_VARIABLE!r});"
     f"exec(marshal.loads(bytes.fromhex(c)) if sys.version_info[:2]=={tuple(sys.version_info[:2])!r} "
     "else compile(s,'isolate-agent','exec'))"
 )
@@ -40,5 +42,6 @@ def agent_argv(listen_fd: int, idle_timeout: float) -> list[str]:
 @lru_cache(maxsize=1)
 def agent_environment() -> dict[str, str]:
     source = agent_source()
-    code = marshal.dumps(compile(source, "isolate-agent", "exec"))
-    return {SOURCE_VARIABLE: source, CODE_VARIABLE: code.hex()}
+    code = marshal.dumps(compile(source, "isolate-agent", "exec")).hex()
+    parts = [code[i:i + CODE_PART_CHARS] for i in range(0, len(code), CODE_PART_CHARS)]
+    return {SOURCE_VARIABLE: source, CODE_VARIABLE + "_PARTS": str(len(parts)), **{f"{CODE_VARIABLE}{i}": p for i, p in enumerate(parts)}}

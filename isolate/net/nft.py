@@ -154,43 +154,47 @@ def _egress_rules(mode: str, destinations: Iterable[Destination]) -> list[str]:
     return rules
 
 
-def apply_sandbox(table: str, interface: str, mode: str, destinations: Iterable[Destination],
-                  expose_address: str, sandbox_address: str, ports: Iterable[int]) -> str:
-    """The transaction that (re)writes one sandbox's rules: policy, exposed ports, membership."""
+def _pieces(table: str, interface: str, expose_address: str | None) -> list[str]:
+    """Commands that make sure every per-sandbox piece exists (each `add` is a no-op when it does)."""
     egress, expose = f"e_{interface}", f"x_{interface}"
     lines = [
         f'add element inet {table} ifaces {{ "{interface}" }}',
         f"add chain inet {table} {egress}",
-        f"flush chain inet {table} {egress}",
-        *(f"add rule inet {table} {egress} {rule}" for rule in _egress_rules(mode, destinations)),
         f'add element inet {table} egress_by_iface {{ "{interface}" : jump {egress} }}',
         f"add chain inet {table} {expose}",
+    ]
+    if expose_address is not None:
+        lines.append(f"add element inet {table} expose_by_address {{ {expose_address} : jump {expose} }}")
+    return lines
+
+
+def apply_sandbox(table: str, interface: str, mode: str, destinations: Iterable[Destination],
+                  expose_address: str, sandbox_address: str, ports: Iterable[int]) -> str:
+    """The transaction that (re)writes one sandbox's rules: membership, policy, exposed ports."""
+    egress, expose = f"e_{interface}", f"x_{interface}"
+    lines = [
+        *_pieces(table, interface, expose_address),
+        f"flush chain inet {table} {egress}",
+        *(f"add rule inet {table} {egress} {rule}" for rule in _egress_rules(mode, destinations)),
         f"flush chain inet {table} {expose}",
         *(f"add rule inet {table} {expose} tcp dport {port} dnat ip to {sandbox_address}:{port}" for port in sorted(set(ports))),
-        f"add element inet {table} expose_by_address {{ {expose_address} : jump {expose} }}",
     ]
     return "\n".join(lines) + "\n"
 
 
 def remove_sandbox(table: str, interface: str, expose_address: str | None) -> str:
-    """The transaction that removes one sandbox's rules (each `add` first, so a missing piece is no error)."""
+    """The transaction that removes one sandbox's rules (made whole first, so a missing piece is no error)."""
     egress, expose = f"e_{interface}", f"x_{interface}"
     lines = [
-        f'add element inet {table} ifaces {{ "{interface}" }}',
+        *_pieces(table, interface, expose_address),
         f'delete element inet {table} ifaces {{ "{interface}" }}',
-        f"add chain inet {table} {egress}",
-        f'add element inet {table} egress_by_iface {{ "{interface}" : jump {egress} }}',
         f'delete element inet {table} egress_by_iface {{ "{interface}" }}',
+        *([f"delete element inet {table} expose_by_address {{ {expose_address} }}"] if expose_address is not None else []),
         f"flush chain inet {table} {egress}",
         f"delete chain inet {table} {egress}",
-        f"add chain inet {table} {expose}",
+        f"flush chain inet {table} {expose}",
+        f"delete chain inet {table} {expose}",
     ]
-    if expose_address is not None:
-        lines += [
-            f"add element inet {table} expose_by_address {{ {expose_address} : jump {expose} }}",
-            f"delete element inet {table} expose_by_address {{ {expose_address} }}",
-        ]
-    lines += [f"flush chain inet {table} {expose}", f"delete chain inet {table} {expose}"]
     return "\n".join(lines) + "\n"
 
 
