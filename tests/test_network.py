@@ -171,6 +171,17 @@ def test_expose_port_reaches_a_service_only_through_the_exposed_address(make_san
     sandbox.exec("cd /workspace/www && (nohup python3 -m http.server 8081 --bind 0.0.0.0 >/dev/null 2>&1 &) ; sleep 0.5")
     assert fetch(f"http://{exposed.host}:8081/marker.txt") != "from the sandbox"
     assert probe(sandbox, remote.address, 7001).startswith("error")
+    # a DNAT that is not the sandbox's own exposure (a stale rule, another program's) gets nowhere
+    sandbox_address, table = addresses(manager, sandbox).sandbox_address, f"isotest_{os.getpid()}"
+    foreign = (f"table ip {table} {{\n chain out {{\n type nat hook output priority -100; policy accept;\n }}\n}}\n"
+               f"add rule ip {table} out ip daddr 127.77.0.1 dnat to {sandbox_address}\n")
+    subprocess.run(["nft", "-f", "-"], input=foreign, text=True, check=True)
+    try:
+        assert fetch("http://127.77.0.1:8081/marker.txt", timeout=1) != "from the sandbox"
+        assert fetch("http://127.77.0.1:8080/marker.txt", timeout=1) != "from the sandbox"
+        assert fetch(f"{exposed.url}/marker.txt") == "from the sandbox"
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", table], check=True)
     sandbox.unexpose_port(8080)
     assert fetch(f"{exposed.url}/marker.txt") != "from the sandbox"
     assert sandbox.exposed_ports() == []
@@ -261,9 +272,9 @@ def interface_exists(interface: str) -> bool:
     return interface in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
 
 
-def fetch(url: str) -> str:
+def fetch(url: str, timeout: float = 3) -> str:
     try:
-        with urllib.request.urlopen(url, timeout=3) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.read().decode()
     except OSError as exc:
         return f"error {exc}"

@@ -10,7 +10,11 @@ Layout of `table inet <instance>` (rendered by `skeleton`):
                              then reject: a chain that does not accept denies
   chain e_<veth>             the sandbox's policy: empty (none), `accept` (open), or one rule per
                              allowed destination (allowlist)
-  chain output  (hook)       host processes reach a sandbox only through an exposed port
+  chain output  (hook)       host processes do not connect to a sandbox's address directly
+  chain to_sandbox (hook)    (postrouting, where the veth a DNAT-ed packet leaves by is known) a
+  chain o_<veth>             connection DNAT-ed to a sandbox passes only if it was made to this
+                             sandbox's own exposed address and port (`exposed_by_iface`), not
+                             DNAT-ed there by a stale rule or another program
   chain nat_output (hook)    127.128.x.y:port -> sandbox:port for exposed ports, via `expose_by_address`
   chain x_<veth>             the sandbox's exposed ports
   chain postrouting (hook)   masquerade: sandbox egress behind the host, exposed traffic behind the veth
@@ -105,6 +109,7 @@ table inet {table} {{
   set connections {{ type ifname; size 65535; flags dynamic; }}
   map egress_by_iface {{ type ifname : verdict; }}
   map expose_by_address {{ type ipv4_addr : verdict; }}
+  map exposed_by_iface {{ type ifname : verdict; }}
   chain input {{
     type filter hook input priority filter; policy accept;
     iifname @ifaces ct state established,related accept
@@ -125,9 +130,13 @@ table inet {table} {{
   }}
   chain output {{
     type filter hook output priority filter; policy accept;
-    oifname @ifaces ct status dnat accept
     oifname @ifaces ct state established,related accept
     oifname @ifaces {reject}
+  }}
+  chain to_sandbox {{
+    type filter hook postrouting priority filter; policy accept;
+    oifname @ifaces ct direction original ct status dnat oifname vmap @exposed_by_iface
+    oifname @ifaces ct direction original ct status dnat drop
   }}
   chain nat_output {{
     type nat hook output priority -100; policy accept;
@@ -156,11 +165,13 @@ def _egress_rules(mode: str, destinations: Iterable[Destination]) -> list[str]:
 
 def _pieces(table: str, interface: str, expose_address: str | None) -> list[str]:
     """Commands that make sure every per-sandbox piece exists (each `add` is a no-op when it does)."""
-    egress, expose = f"e_{interface}", f"x_{interface}"
+    egress, expose, inbound = f"e_{interface}", f"x_{interface}", f"o_{interface}"
     lines = [
         f'add element inet {table} ifaces {{ "{interface}" }}',
         f"add chain inet {table} {egress}",
         f'add element inet {table} egress_by_iface {{ "{interface}" : jump {egress} }}',
+        f"add chain inet {table} {inbound}",
+        f'add element inet {table} exposed_by_iface {{ "{interface}" : jump {inbound} }}',
         f"add chain inet {table} {expose}",
     ]
     if expose_address is not None:
@@ -171,29 +182,36 @@ def _pieces(table: str, interface: str, expose_address: str | None) -> list[str]
 def apply_sandbox(table: str, interface: str, mode: str, destinations: Iterable[Destination],
                   expose_address: str, sandbox_address: str, ports: Iterable[int]) -> str:
     """The transaction that (re)writes one sandbox's rules: membership, policy, exposed ports."""
-    egress, expose = f"e_{interface}", f"x_{interface}"
+    egress, expose, inbound = f"e_{interface}", f"x_{interface}", f"o_{interface}"
+    exposed = sorted(set(ports))
     lines = [
         *_pieces(table, interface, expose_address),
         f"flush chain inet {table} {egress}",
         *(f"add rule inet {table} {egress} {rule}" for rule in _egress_rules(mode, destinations)),
         f"flush chain inet {table} {expose}",
-        *(f"add rule inet {table} {expose} tcp dport {port} dnat ip to {sandbox_address}:{port}" for port in sorted(set(ports))),
+        *(f"add rule inet {table} {expose} tcp dport {port} dnat ip to {sandbox_address}:{port}" for port in exposed),
+        f"flush chain inet {table} {inbound}",
     ]
+    if exposed:
+        lines.append(f"add rule inet {table} {inbound} ct original ip daddr {expose_address} tcp dport {{ {', '.join(map(str, exposed))} }} accept")
     return "\n".join(lines) + "\n"
 
 
 def remove_sandbox(table: str, interface: str, expose_address: str | None) -> str:
     """The transaction that removes one sandbox's rules (made whole first, so a missing piece is no error)."""
-    egress, expose = f"e_{interface}", f"x_{interface}"
+    egress, expose, inbound = f"e_{interface}", f"x_{interface}", f"o_{interface}"
     lines = [
         *_pieces(table, interface, expose_address),
         f'delete element inet {table} ifaces {{ "{interface}" }}',
         f'delete element inet {table} egress_by_iface {{ "{interface}" }}',
+        f'delete element inet {table} exposed_by_iface {{ "{interface}" }}',
         *([f"delete element inet {table} expose_by_address {{ {expose_address} }}"] if expose_address is not None else []),
         f"flush chain inet {table} {egress}",
         f"delete chain inet {table} {egress}",
         f"flush chain inet {table} {expose}",
         f"delete chain inet {table} {expose}",
+        f"flush chain inet {table} {inbound}",
+        f"delete chain inet {table} {inbound}",
     ]
     return "\n".join(lines) + "\n"
 
