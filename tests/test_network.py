@@ -12,6 +12,7 @@ import subprocess
 import threading
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,9 @@ def test_default_policy_is_none_only_loopback(sandbox, remote):
     assert sandbox.network.mode == "none"
     assert sandbox.exec("cat", ["/proc/net/dev"]).stdout.count(":") == 1  # lo alone
     assert probe(sandbox, remote.address, 7001) == "error ENETUNREACH"
+    # loopback works as before, IPv6 included, and the sandbox's root may bind any port there
+    serve = "import socket; s = socket.socket(socket.AF_INET6); s.bind(('::1', 80)); print('bound')"
+    assert sandbox.exec("python3", ["-c", serve]).stdout == "bound\n"
 
 
 def test_allowlist_reaches_only_listed_destinations_and_names(make_sandbox, remote):
@@ -102,22 +106,41 @@ def test_allowlist_reaches_only_listed_destinations_and_names(make_sandbox, remo
     assert sandbox.exec("sh -c 'echo x >> /etc/hosts'").exit_code != 0  # bound read-only
 
 
-def test_open_reaches_remote_hosts_but_never_host_link_local_or_other_sandboxes(make_sandbox, manager, remote, host_service):
-    first, second = make_sandbox(network="open"), make_sandbox(network="open")
-    second.exec("nohup python3 -m http.server 7100 --bind 0.0.0.0 >/dev/null 2>&1 & sleep 0.5; echo started")
-    assert probe(first, remote.address, 7002) == f"ok hello {remote.address}"
-    assert probe(first, remote.other_address, 7001) == f"ok hello {remote.other_address}"
-    # link-local (metadata lives there): a live test host answers the host, never a sandbox
+@pytest.fixture(scope="module")
+def listening(manager: SandboxManager) -> Iterator[Sandbox]:
+    """A sandbox with a port exposed (so it has an address) and a service on it: a neighbour to try to reach."""
+    name = unique_name("target")
+    target = Sandbox(manager, manager.open(name, network="open"))
+    target.exec("nohup python3 -m http.server 7100 --bind 0.0.0.0 >/dev/null 2>&1 & sleep 0.5; echo started")
+    target.expose_port(7100)
+    yield target
+    manager.destroy(name)
+
+
+def test_open_reaches_any_remote_address(make_sandbox, remote):
+    sandbox = make_sandbox(network="open")
+    assert probe(sandbox, remote.address, 7002) == f"ok hello {remote.address}"
+    assert probe(sandbox, remote.other_address, 7001) == f"ok hello {remote.other_address}"
+
+
+@pytest.mark.parametrize("mode", ["none", "allowlist", "open"])
+def test_never_reachable_in_any_mode(make_sandbox, manager, remote, host_service, listening, mode):
+    """Another sandbox, the host itself on any of its addresses, link-local: whatever the policy, even if it lists them."""
+    neighbour = addresses(manager, listening)
+    everything = {"allow": [remote.address, remote.gateway, neighbour.sandbox_address, neighbour.host_address]}  # link-local is refused
+    sandbox = make_sandbox(network={"none": "none", "open": "open", "allowlist": everything}[mode])
+    sandbox.expose_port(9999)  # so even a `none` sandbox has an address and a route to try from
+    # each target is live: the neighbour answers inside itself, the test host answers the host
+    assert probe(listening, "127.0.0.1", 7100) == "ok"
     host_side = subprocess.run(["python3", "-c", PROBE, remote.link_local, "7001", "3"], capture_output=True, text=True).stdout
     assert host_side.strip() == f"ok hello {remote.link_local}"
-    assert probe(first, remote.link_local, 7001) == "error EHOSTUNREACH"
-    # another sandbox, even one that listens
-    assert probe(second, "127.0.0.1", 7100) == "ok"
-    assert probe(first, addresses(manager, second).sandbox_address, 7100) == "error EHOSTUNREACH"
-    # the host's own services, on any of its addresses
-    for address in (addresses(manager, first).host_address, addresses(manager, second).host_address, remote.gateway):
-        assert probe(first, address, host_service) == "error EHOSTUNREACH"
-    assert probe(first, "127.0.0.1", host_service) == "error ECONNREFUSED"  # the sandbox's own loopback
+    own = addresses(manager, sandbox)
+    for address, port in ((neighbour.sandbox_address, 7100), (remote.link_local, 7001), (own.host_address, host_service),
+                          (neighbour.host_address, host_service), (remote.gateway, host_service)):
+        assert probe(sandbox, address, port).startswith("error"), (mode, address, port)
+    assert probe(sandbox, "127.0.0.1", host_service) == "error ECONNREFUSED"  # its own loopback, not the host's
+    reached = probe(sandbox, remote.address, 7001)
+    assert reached == (f"ok hello {remote.address}" if mode != "none" else "error EHOSTUNREACH")
 
 
 def test_allowlisting_the_host_or_metadata_still_reaches_nothing(make_sandbox, manager, remote, host_service):
@@ -147,6 +170,7 @@ def test_set_network_applies_live_without_restarting(sandbox, remote):
 
 def test_sandbox_cannot_change_its_network_nor_use_raw_or_packet_sockets(make_sandbox, remote):
     sandbox = make_sandbox(network="open")
+    assert sandbox.read_file("/proc/sys/net/ipv6/conf/eth0/disable_ipv6").content == "1\n"  # IPv4 egress only
     assert sandbox.exec("ip link set eth0 down").exit_code != 0
     assert sandbox.exec("ip addr add 198.18.255.1/32 dev eth0").exit_code != 0
     assert sandbox.exec("ip route del default").exit_code != 0
@@ -309,3 +333,20 @@ def test_the_worker_sets_policies_and_exposes_ports(worker, remote):
         assert caught.value.code == "VALIDATION_FAILED" and caught.value.http_status == 400
     finally:
         sandbox.destroy()
+
+
+def test_a_warm_spare_handed_out_with_a_policy_gets_it_live(manager, remote):
+    pooled = SandboxManager(replace(manager.settings, warm_pool=1))
+    try:
+        pooled.pool.fill()
+        spare = pooled.load(pooled.pool.spares()[0])
+        sandbox = Sandbox(pooled, pooled.open(unique_name("pool"), network={"allow": [f"{remote.address}:7001"]}))
+        assert sandbox._record.uid == spare.uid  # the spare, renamed, its jail still running
+        assert sandbox.network.mode == "allowlist"
+        assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"
+        sandbox.stop()
+        assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"  # and after a restart under its new name
+    finally:
+        for name in pooled.names():
+            pooled.destroy(name)
+        pooled.pool.drain()

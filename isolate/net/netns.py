@@ -27,10 +27,10 @@ from .pool import Slot
 CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 SANDBOX_INTERFACE = "eth0"
-# Written inside each sandbox namespace: no IPv6 (only IPv4 is firewalled), and every port
-# bindable by the sandbox's root, which holds no capability over this namespace.
+# Written inside each sandbox namespace: no IPv6 on any interface made later (only IPv4 is
+# firewalled; `lo` keeps ::1), and every port bindable by the sandbox's root, which holds no
+# capability over this namespace.
 SANDBOX_SYSCTLS = {
-    "net/ipv6/conf/all/disable_ipv6": "1",
     "net/ipv6/conf/default/disable_ipv6": "1",
     "net/ipv4/ip_unprivileged_port_start": "0",
 }
