@@ -6,6 +6,7 @@ import argparse
 import secrets
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from . import doctor
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--max-body-mb", type=int, default=64, help="largest request body accepted (413 past it)")
     sub.add_argument("--threads", type=int, default=256, help="sandbox calls served at once (streams included)")
     sub.add_argument("--shutdown-timeout", type=float, default=20.0, help="seconds in-flight requests get after SIGTERM")
+    sub.add_argument("--warm-pool", type=int, default=2, help="spare sandboxes kept started for fast creation (0: none)")
     commands.add_parser("doctor", help="check this host and say how to fix what is missing")
     return parser
 
@@ -250,7 +252,7 @@ def _dispatch(manager: SandboxManager, args: argparse.Namespace) -> int:
 
         options = WorkerOptions(listen=parse_listen(args.listen), token=load_token(args.token_file), max_body=args.max_body_mb << 20,
                                 threads=args.threads, shutdown_timeout=args.shutdown_timeout)
-        return run(manager, options)
+        return run(SandboxManager(replace(manager.settings, warm_pool=args.warm_pool)), options)
     if args.command == "doctor":
         text, healthy = doctor.report(doctor.run_checks())
         print(text)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .manager import SandboxManager
 
 SPARE_PREFIX = "_spare-"  # '_' is not allowed in sandbox names, so a spare never collides with one
+READY = "spare-ready"  # made once a spare's agent answered: its jail has mounted everything by path
 
 
 def is_spare(name: str) -> bool:
@@ -54,12 +55,13 @@ class WarmPool:
         for spare in self.spares():
             with manager._lock(spare):
                 record = manager.load(spare)
-                if record is None:
-                    continue  # another process claimed it first
+                if record is None or not (manager.sandbox_dir(spare) / READY).exists():
+                    continue  # claimed by another process, or still starting (renames now would break its mounts)
                 manager._drop_client(spare)
                 with contextlib.suppress(FileNotFoundError):
                     manager.run_dir(spare).rename(manager.run_dir(name))
                 manager.sandbox_dir(spare).rename(manager.sandbox_dir(name))
+                (manager.sandbox_dir(name) / READY).unlink()
                 claimed = replace(record, name=name, created_at=now_iso())
                 manager.save(claimed)
                 marker = manager.settings.uids_dir / str(record.uid)
@@ -79,6 +81,7 @@ class WarmPool:
                 with manager._lock(name):
                     manager._create(SandboxRecord(name=name, uid=0, backend=settings.backend, policy=settings.policy, limits=settings.limits))
                 manager.client(name).call({"op": "ping"})  # started and answering: warm
+                (manager.sandbox_dir(name) / READY).touch()
 
     def refill_soon(self) -> None:
         if self.size > 0 and not self._filling.locked() and len(self.spares()) < self.size:

@@ -10,6 +10,7 @@ A user may instead name any root folder (e.g. one made by `scripts/make-image.sh
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -86,8 +87,10 @@ def host_image(images_dir: Path) -> tuple[Path, tuple[str, ...]]:
         for name, text in ETC_WRITTEN.items():
             (etc / name).write_text(text)
         os.rename(build, skeleton)
-    except FileExistsError:
-        shutil.rmtree(build, ignore_errors=True)  # another process built it first
+    except OSError as exc:
+        shutil.rmtree(build, ignore_errors=True)
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise  # else another thread or process built it first
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise

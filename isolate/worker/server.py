@@ -3,6 +3,7 @@
 Start-up: jails still running from an earlier run of this worker (one that was SIGKILLed
 or crashed) are stopped, then `clean_leftovers` removes stale cgroups, run folders and
 half-created sandboxes; every sandbox's files stay and it starts again at its next request.
+The warm pool (`--warm-pool`, spares started ahead of need) is refilled in the background.
 Ready: READY=1 to systemd once the socket accepts requests.
 SIGTERM: STOPPING=1, no new connections, in-flight requests get `shutdown_timeout`
 seconds, then every running sandbox is stopped (files kept).
@@ -91,11 +92,15 @@ class NotifyingServer(uvicorn.Server):
 
 
 def recover(manager: SandboxManager) -> dict[str, list[str]]:
-    """What an earlier run left: its jails are stopped, then stale cgroups and folders removed."""
+    """What an earlier run left: its jails are stopped and its spares removed, then stale cgroups
+    and folders; the warm pool is then filled anew in the background."""
     stopped = [name for name in manager.names() if manager.is_running(name)]
     for name in stopped:
         manager.stop(name)
-    return {"stopped": stopped, "removed": manager.clean_leftovers()}
+    manager.pool.drain()
+    removed = manager.clean_leftovers()
+    manager.pool.refill_soon()
+    return {"stopped": stopped, "removed": removed}
 
 
 def remove_stale_socket(path: str) -> None:
@@ -124,6 +129,7 @@ async def serve(manager: SandboxManager, options: WorkerOptions) -> None:
         await server.serve()
     finally:
         stopped = await app.fastapi.state.sandboxes.stop_all()
+        await asyncio.to_thread(manager.pool.drain)
         log("stopped", sandboxes=len(stopped))
         if listen.unix:
             remove_stale_socket(listen.unix)
