@@ -328,8 +328,12 @@ class SandboxManager:
             if not self.is_running(name) and self.cgroup(record).pids():
                 self.stop(name)
                 removed.append(f"processes:{name}")
-        running = [record for name, record in records.items() if self.is_running(name)]
-        removed += self.networks.clean_leftovers(list(records.values()), running)
+        for name, record in records.items():
+            if not self.is_running(name):
+                with self._lock(name):  # a start under way in another process holds it
+                    if not self.is_running(name) and self.networks.release(record):
+                        removed.append(f"network:{name}")
+        removed += self.networks.clean_leftovers(list(records.values()))
         if self.settings.uids_dir.is_dir():
             for marker in self.settings.uids_dir.iterdir():
                 if os.readlink(marker) not in known:

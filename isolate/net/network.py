@@ -132,19 +132,21 @@ class SandboxNetworks:
         names.write_in_place(hosts, names.hosts_file(resolved))
         names.write_in_place(resolv, names.resolv_conf(resolved, self.nameservers))
 
-    def _unwire(self, key: str, interface: str) -> None:
-        """Remove a sandbox's rules and veth (host lock held)."""
+    def _unwire(self, key: str, interface: str) -> bool:
+        """Remove a sandbox's rules and veth (host lock held); whether there was any."""
+        found = False
         slot = self.pool.recorded(key)  # none: never wired, so no rules to remove
         if slot is not None and nft.table_exists(self.table):
+            found = interface in nft.sandbox_interfaces(self.table)
             nft.run(nft.remove_sandbox(self.table, interface, slot.expose_address))
             if not nft.sandbox_interfaces(self.table):
                 nft.delete_table(self.table)  # the instance's last wired sandbox is gone
-        netns.detach_veth(interface)
+        return netns.detach_veth(interface) or found
 
-    def release(self, record: SandboxRecord) -> None:
+    def release(self, record: SandboxRecord) -> bool:
         """The jail stopped (its namespace went with it): its rules and veth go; it keeps its /30 for next time."""
         with host_lock():
-            self._unwire(self.key(record), self.interface(record))
+            return self._unwire(self.key(record), self.interface(record))
 
     def forget(self, record: SandboxRecord) -> None:
         """The sandbox is destroyed: release everything, its /30 included."""
@@ -165,22 +167,23 @@ class SandboxNetworks:
 
     # --- after a crash ---
 
-    def clean_leftovers(self, known: list[SandboxRecord], running: list[SandboxRecord]) -> list[str]:
-        """Remove veths and rules of sandboxes that are gone or not running, and the /30s of gone ones."""
+    def clean_leftovers(self, known: list[SandboxRecord]) -> list[str]:
+        """Remove the veths, rules and /30s of sandboxes that no longer exist (a crash half-way through a destroy)."""
         removed = []
-        live = {self.interface(record) for record in running}
+        keys = {self.key(record) for record in known}
+        interfaces = {self.interface(record) for record in known}
         with host_lock():
             for alias, interface in netns.veths_by_alias(self.alias("")).items():
-                if interface not in live:
+                if alias.rsplit(" ", 1)[1] not in keys:
                     netns.detach_veth(interface)
                     removed.append(f"veth:{alias.rsplit(' ', 1)[1]}")
             if nft.table_exists(self.table):
                 for interface in nft.sandbox_interfaces(self.table):
-                    if interface not in live:
+                    if interface not in interfaces:
                         nft.run(nft.remove_sandbox(self.table, interface, nft.expose_address_of(self.table, interface)))
                         removed.append(f"rules:{interface}")
                 if not nft.sandbox_interfaces(self.table):
                     nft.delete_table(self.table)
-            gone = sorted(set(self.pool.names()) - {self.key(record) for record in known})
+            gone = sorted(set(self.pool.names()) - keys)
             self.pool.release(gone)
         return removed + [f"address:{key}" for key in gone]
