@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from isolate import IsolateError, ValidationError
 from isolate.errors import GitError
 from isolate.git import ProgressReader, check_branch, classify, parse_url
-from isolate.net.policy import AllowEntry, NetworkPolicy, never_reachable
+from isolate.net import nft
+from isolate.net.policy import AllowEntry, Destination, NetworkPolicy, never_reachable
 from isolate.net.pool import AddressPool, Slot, check_pool
 from tests.nethost import RemoteHost
 
@@ -197,3 +198,32 @@ def test_progress_lines_split_across_chunks_are_read_whole():
     events = reader.feed("Receiving objects:  4") + reader.feed("5% (45/100)\rReceiving objects: 100% (100/100), done.\nResol")
     events += reader.feed("ving deltas: 100% (3/3)", final=True)
     assert [(e.phase, e.percent) for e in events] == [("Receiving objects", 45), ("Receiving objects", 100), ("Resolving deltas", 100)]
+
+
+# --- the firewall's elements, against the real kernel ---
+
+networks_and_ports = st.lists(
+    st.tuples(st.ip_addresses(v=4).flatmap(lambda a: st.integers(8, 32).map(lambda p: ipaddress.IPv4Network((a, p), strict=False))),
+              st.none() | st.integers(1, 65535)),
+    max_size=8)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not nft.available(), reason="needs root and libnftables (apt-get install nftables)")
+@given(destinations=networks_and_ports, ports=st.lists(st.integers(1, 65535), max_size=4), mode=st.sampled_from(["allowlist", "open", "none"]))
+@settings(max_examples=25, deadline=None)
+def test_any_policy_is_written_whole_and_removed_whole(destinations, ports, mode):
+    table = f"isolate-rules-test-{os.getpid()}"
+    nft.run(nft.skeleton(table, check_pool("10.213.0.0/16")))
+    try:
+        wanted = [Destination(network, port) for network, port in destinations]
+        nft.apply_sandbox(table, "ivrulestest", mode, wanted, "127.128.0.2", "10.213.0.2", ports)
+        nft.apply_sandbox(table, "ivother", "open", [], "127.128.0.6", "10.213.0.6", [80])  # a neighbour, untouched below
+        expected = nft.sandbox_elements("ivrulestest", mode, wanted, "127.128.0.2", "10.213.0.2", ports)
+        listed = nft.listed_elements(table, "ivrulestest")
+        assert sorted(listed) == sorted((name, element.split(" : ")[0]) for name, element in expected)
+        nft.apply_sandbox(table, "ivrulestest", "none", [], "127.128.0.2", "10.213.0.2", [])  # narrowing drops the rest
+        assert nft.listed_elements(table, "ivrulestest") == [("ifaces", '"ivrulestest"')]
+        assert nft.remove_sandbox(table, "ivrulestest") and nft.listed_elements(table, "ivrulestest") == []
+        assert nft.sandbox_interfaces(table) == ["ivother"]
+    finally:
+        nft.delete_table(table)

@@ -123,8 +123,7 @@ class SandboxNetworks:
                     nft.run(nft.skeleton(self.table, self.pool.pool))
                 if policy.has_egress:
                     netns.enable_forwarding()
-                nft.run(nft.apply_sandbox(self.table, interface, policy.mode, resolved.destinations,
-                                          slot.expose_address, slot.sandbox_address, ports))
+                nft.apply_sandbox(self.table, interface, policy.mode, resolved.destinations, slot.expose_address, slot.sandbox_address, ports)
             else:
                 self._unwire(self.key(record), interface)
         hosts, resolv = self.files(sandbox_dir)
@@ -135,11 +134,9 @@ class SandboxNetworks:
     def _unwire(self, key: str, interface: str) -> bool:
         """Remove a sandbox's rules and veth (host lock held); whether there was any."""
         found = False
-        slot = self.pool.recorded(key)  # none: never wired, so no rules to remove
-        if slot is not None and nft.table_exists(self.table):
-            found = interface in nft.sandbox_interfaces(self.table)
-            nft.run(nft.remove_sandbox(self.table, interface, slot.expose_address))
-            if not nft.sandbox_interfaces(self.table):
+        if self.pool.recorded(key) is not None and nft.table_exists(self.table):  # no /30: never wired, no rules
+            found = nft.remove_sandbox(self.table, interface)
+            if found and not nft.sandbox_interfaces(self.table):
                 nft.delete_table(self.table)  # the instance's last wired sandbox is gone
         return netns.detach_veth(interface) or found
 
@@ -180,7 +177,7 @@ class SandboxNetworks:
             if nft.table_exists(self.table):
                 for interface in nft.sandbox_interfaces(self.table):
                     if interface not in interfaces:
-                        nft.run(nft.remove_sandbox(self.table, interface, nft.expose_address_of(self.table, interface)))
+                        nft.remove_sandbox(self.table, interface)
                         removed.append(f"rules:{interface}")
                 if not nft.sandbox_interfaces(self.table):
                     nft.delete_table(self.table)
