@@ -77,7 +77,7 @@ class SandboxNetworks:
     @contextlib.contextmanager
     def attached(self, record: SandboxRecord, sandbox_dir: Path, run_dir: Path) -> Iterator[JailNetwork]:
         """A fresh namespace for a starting jail, set up as the record says; held open until the jail is in it."""
-        self.release(record)  # whatever an earlier run left
+        netns.detach_veth(self.interface(record))  # an earlier run's (its rules are rewritten below)
         fd = netns.create()
         try:
             self._configure(record, sandbox_dir, fd)
