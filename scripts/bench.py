@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from isolate import Limits, Sandbox, SandboxManager, Settings, cgroups
 from isolate.jail import runsc
 from isolate.jail.nsjail import stage_nsjail
+from isolate.net import netns
 
 MiB = 1 << 20
 
@@ -64,6 +65,16 @@ def backend_figures(manager: SandboxManager, backend: str, runs: int, cold_runs:
         Sandbox(manager, manager.open(name, backend=backend)).exec("true", [])
         figures["cold"].append((time.perf_counter() - started) * 1000)
         manager.destroy(name)  # not timed; a gVisor run must stay under the host's bound anyway
+
+    # networking's share: a veth, addresses and rules when the sandbox has egress (it always gets a namespace)
+    for label, network in (("allowlist", {"allow": ["198.18.0.1:443", "198.18.1.0/24"]}), ("open", "open")):
+        figures[f"network {label}"] = []
+        for _ in range(cold_runs):
+            name = f"net-{backend}-{next(counter)}"
+            started = time.perf_counter()
+            Sandbox(manager, manager.open(name, backend=backend, network=network)).exec("true", [])
+            figures[f"network {label}"].append((time.perf_counter() - started) * 1000)
+            manager.destroy(name)
 
     pooled = SandboxManager(replace(manager.settings, warm_pool=2, backend=backend))
     for index in range(cold_runs):
@@ -133,6 +144,7 @@ def main() -> None:
             do_argv = [str(runsc_binary), f"--root={do_root}", f"--platform={platform}", "--network=none", "do", "/bin/true"]
             baselines["gvisor"] = line(f"baseline: runsc do true ({platform})",
                                        timed(lambda: subprocess.run(do_argv, check=True), args.cold_runs), bare, "bare")
+        line("network: new namespace, lo up (every start)", timed(lambda: os.close(netns.create()), args.runs))
         print()
 
         results = {}
@@ -140,6 +152,8 @@ def main() -> None:
             results[backend] = figures = backend_figures(manager, backend, args.runs, args.cold_runs)
             alone = "runsc do true" if backend == "gvisor" else "nsjail alone"
             line(f"{backend}: cold start (create + first true)", figures["cold"], baselines[backend], alone)
+            for label in ("allowlist", "open"):
+                line(f"{backend}: cold start, network {label}", figures[f"network {label}"], median(figures["cold"]), "network none")
             line(f"{backend}: cold start from the warm pool", figures["pooled"], baselines[backend], alone)
             line(f"{backend}: warm exec of true", figures["warm"], bare, "bare")
             line(f"{backend}: ping (agent round trip)", figures["ping"])

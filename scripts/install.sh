@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 apt() { apt-get -o DPkg::Lock::Timeout=600 "$@"; }  # wait for another apt run instead of failing
 apt update -q
-# mount + e2fsprogs: each sandbox's disk is an ext4 image, loop-mounted; systemd: systemd-analyze verifies the worker's unit;
-# linux-libc-dev: the system call table the seccomp policy is rendered with for gVisor
-apt install -y -q --no-install-recommends util-linux mount e2fsprogs procps iproute2 git python3 ca-certificates systemd linux-libc-dev >/dev/null
+# mount + e2fsprogs: each sandbox's disk is an ext4 image, loop-mounted; nftables: the sandboxes' firewall (egress,
+# exposed ports); systemd: systemd-analyze verifies the worker's unit; linux-libc-dev: the system call table the
+# seccomp policy is rendered with for gVisor
+apt install -y -q --no-install-recommends util-linux mount e2fsprogs procps iproute2 nftables git python3 ca-certificates systemd \
+  linux-libc-dev >/dev/null
 # nodejs + npm: the real Cloudflare client drives the worker in tests (a host's own Node, e.g. nodesource's, is kept)
 command -v npm >/dev/null || apt install -y -q --no-install-recommends nodejs npm >/dev/null
 

@@ -20,6 +20,8 @@ import pytest
 
 from isolate import Limits, Sandbox, SandboxManager, Settings, cgroups
 from isolate.jail.runsc import find_runsc
+from isolate.net import netns, nft
+from tests.nethost import resolve_test_name
 
 BACKENDS = [b for b in os.environ.get("ISOLATE_TEST_BACKENDS", "nsjail,gvisor").split(",") if b]
 
@@ -62,8 +64,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="session")
 def manager(state_dir: Path, backend: str) -> Iterator[SandboxManager]:
-    settings = Settings(state_dir=state_dir, idle_timeout=600, backend=backend,
-                        limits=Limits(memory_mb=256, pids=128, exec_timeout=60))
+    settings = Settings(state_dir=state_dir, idle_timeout=600, backend=backend, limits=Limits(memory_mb=256, pids=128, exec_timeout=60),
+                        resolver=resolve_test_name, nameservers=())
     manager = SandboxManager(settings)
     yield manager
     for name in manager.names():
@@ -73,7 +75,10 @@ def manager(state_dir: Path, backend: str) -> Iterator[SandboxManager]:
     for name in leftovers:
         cgroups.SandboxCgroup(settings.instance, name).remove()
     cgroups.remove_parent(settings.instance)
+    network = network_leftovers(manager)
+    manager.clean_leftovers()
     assert not leftovers, f"tests left cgroups behind: {leftovers}"
+    assert not network, f"tests left network state behind: {network}"
     assert not host_processes_mentioning(state_dir), "tests left processes behind"
     with open("/proc/self/mountinfo") as handle:
         assert str(state_dir) not in handle.read(), "tests left mounts behind"
@@ -89,6 +94,16 @@ def host_processes_mentioning(text: object) -> list[str]:
             continue
         if str(text) in cmdline and entry.name != str(os.getpid()):
             found.append(cmdline)
+    return found
+
+
+def network_leftovers(manager: SandboxManager) -> list[str]:
+    """Veths, addresses and nftables state of this test instance that still exist (namespaces die with their jails)."""
+    networks = manager.networks
+    found = [f"veth:{interface}" for interface in netns.veths_by_alias(networks.alias("")).values()]
+    found += [f"address:{key}" for key in networks.pool.names()]
+    if nft.available() and nft.table_exists(networks.table):
+        found.append(f"nft table:{networks.table}")
     return found
 
 
@@ -126,8 +141,11 @@ def worker_state_dir(manager: SandboxManager) -> Iterator[Path]:
     for name in workers_manager.names():
         workers_manager.destroy(name)
     leftovers = cgroups.list_sandbox_cgroups(workers_manager.settings.instance)
+    network = network_leftovers(workers_manager)
+    workers_manager.clean_leftovers()
     shutil.rmtree(path, ignore_errors=True)
     assert not leftovers, f"worker tests left cgroups behind: {leftovers}"
+    assert not network, f"worker tests left network state behind: {network}"
 
 
 @pytest.fixture(scope="module")

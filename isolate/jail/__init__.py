@@ -47,6 +47,11 @@ class JailSpec:
     policy: str = "default"
     hostname: str = "sandbox"
     env: dict[str, str] = field(default_factory=dict)
+    # The network namespace to run in (made by isolate.net, `lo` up; a path valid while `start` runs):
+    # fork the jail from inside it (`net.netns.entered`, or `nsenter --net=`); make no namespace of its own.
+    netns: Path | None = None
+    # Host files bound read-only at a path inside (the sandbox's /etc/hosts and /etc/resolv.conf).
+    files: tuple[tuple[str, str], ...] = ()
 
 
 def prelude_args(spec: JailSpec) -> list[str]:
@@ -71,6 +76,16 @@ class Backend(Protocol):
 
 
 BACKENDS = ("nsjail", "gvisor")
+
+
+def log_tail(log: Path, lines: int = 5) -> str:
+    """The last warnings of a jail's log (nsjail marks them [W]/[E]/[F]), else its last lines."""
+    try:
+        text = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    marked = [line for line in text if line.startswith(("[W]", "[E]", "[F]"))]
+    return "\n".join((marked or [line for line in text if line.strip()])[-lines:]) or "the jail exited without a message"
 
 
 def reap_in_background(process: subprocess.Popen[bytes]) -> None:

@@ -40,10 +40,11 @@ from pathlib import Path
 
 from .. import kafel, policy, rootfs
 from ..agent import agent_argv, agent_code_file
-from ..errors import IsolateError
+from ..errors import HostError, IsolateError, SandboxError
+from ..net import netns
 from ..rootfs import MOUNT_POINT
 from ..types import Limits
-from . import AGENT_ENV, PRIVATE_MOUNTS, SUPERVISOR_PRELUDE, JailSpec, prelude_args, reap_in_background
+from . import AGENT_ENV, PRIVATE_MOUNTS, SUPERVISOR_PRELUDE, JailSpec, log_tail, prelude_args
 from .runsc import best_platform, cache_path, find_runsc
 
 SUPERVISOR = SUPERVISOR_PRELUDE + r"""
@@ -57,6 +58,7 @@ SENTRY_PIDS = 512  # host threads of the Sentry and gofer, plus one stub per san
 SLOTS_DIR = Path("/run/isolate/gvisor-slots")
 MAX_VARIABLE, WAIT_VARIABLE = "ISOLATE_GVISOR_MAX", "ISOLATE_GVISOR_WAIT"
 DEFAULT_WAIT = 30.0
+START_TIMEOUT = 60.0
 # ENOSYS denials exist so that libc falls back (clone3 -> clone); runsc 2024's OCI seccomp
 # answers every denial with EPERM, which would break thread creation instead.
 SKIPPED_ERRNOS = frozenset({errno.ENOSYS})
@@ -167,7 +169,13 @@ def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
     ]
     mounts += [{"destination": folder, "type": "bind", "source": folder, "options": ["rbind", "ro", "nosuid", "nodev"]}
                for folder in spec.rootfs.read_only_binds]
-    no_capabilities: dict[str, list[str]] = {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []}
+    mounts += [{"destination": target, "type": "bind", "source": source, "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
+               for source, target in spec.files]
+    # One capability, inside gVisor's kernel only: binding ports below 1024. nsjail's sandboxes get that
+    # from their namespace's ip_unprivileged_port_start=0, which the Sentry does not read; the host
+    # still checks that sysctl when the Sentry binds the real socket in the sandbox's namespace.
+    bind_only = ["CAP_NET_BIND_SERVICE"]
+    capabilities = {"bounding": bind_only, "effective": bind_only, "inheritable": [], "permitted": bind_only, "ambient": bind_only}
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -175,7 +183,7 @@ def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
             "args": agent_argv(DOOR_FD, spec.idle_timeout, CODE_FD),
             "env": [f"{key}={value}" for key, value in {**AGENT_ENV, **spec.env}.items()],
             "cwd": "/",
-            "capabilities": no_capabilities,
+            "capabilities": capabilities,
             "noNewPrivileges": True,
             "rlimits": [
                 _rlimit("RLIMIT_NOFILE", limits.open_files),
@@ -188,7 +196,9 @@ def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
         "hostname": spec.hostname,
         "mounts": mounts,
         "linux": {
-            "namespaces": [{"type": kind} for kind in ("pid", "network", "ipc", "uts", "mount", "user")],
+            # with the sandbox's own network namespace (entered before runsc starts) the Sentry serves sockets
+            # from it (--network=host): a "network" entry here would make runsc create an empty one instead
+            "namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount", "user", *(() if spec.netns else ("network",)))],
             "uidMappings": [{"containerID": 0, "hostID": spec.uid, "size": 1}],
             "gidMappings": [{"containerID": 0, "hostID": spec.uid, "size": 1}],
             "seccomp": oci_seccomp(policy.load(spec.policy)),
@@ -221,23 +231,38 @@ class GvisorBackend:
         rootfs_dir.mkdir(mode=0o755)
         (bundle / "config.json").write_text(json.dumps(render_spec(spec, rootfs_dir)))
         overlay = f"nosuid,nodev,lowerdir={plan.lower},upperdir={plan.upper},workdir={plan.work},userxattr"
-        runsc = [str(binary), f"--root={state}", f"--platform={platform}", "--network=none", "--overlay2=none",
-                 "--ignore-cgroups", "--oci-seccomp", "run", "--detach", f"--bundle={bundle}",
-                 f"--pass-fd={spec.door_fd}:{DOOR_FD}"]
+        pid_file = spec.run_dir / "sentry.pid"
+        runsc = [str(binary), f"--root={state}", f"--platform={platform}", f"--network={'host' if spec.netns else 'none'}",
+                 "--overlay2=none", "--ignore-cgroups", "--oci-seccomp", "run", "--detach", f"--bundle={bundle}",
+                 f"--pid-file={pid_file}", f"--pass-fd={spec.door_fd}:{DOOR_FD}"]
         slot = self.slots.acquire()
         code = agent_code_file()
         try:
             argv = [*PRIVATE_MOUNTS, "/bin/sh", "-c", SUPERVISOR, "isolate-gvisor", *prelude_args(spec), str(rootfs_dir), overlay,
                     *runsc, f"--pass-fd={slot}:{SLOT_FD}", f"--pass-fd={code}:{CODE_FD}", container_id(spec.name)]
-            with open(spec.run_dir / "jail.log", "ab") as log:
+            with open(spec.run_dir / "jail.log", "ab") as log, netns.entered(spec.netns) if spec.netns else contextlib.nullcontext():
                 process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
                                            pass_fds=(spec.door_fd, slot, code), start_new_session=True,
                                            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
         finally:
             os.close(slot)  # the Sentry holds it now
             os.close(code)
-        reap_in_background(process)
-        return process.pid
+        return self._sentry(process, pid_file, spec)
+
+    @staticmethod
+    def _sentry(process: subprocess.Popen[bytes], pid_file: Path, spec: JailSpec) -> int:
+        """Wait for `runsc run --detach` (it returns once the agent is started: the wait costs the
+        cold start nothing) and return the Sentry's pid, the process that stays in the sandbox's
+        cgroup and network namespace while it runs (how live network changes find it)."""
+        try:
+            status = process.wait(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            spec.cgroup.kill()
+            process.wait()
+            raise HostError(f"runsc did not start the sandbox within {START_TIMEOUT:.0f} s (see isolate doctor)") from None
+        if status != 0:
+            raise SandboxError(f"runsc could not start the sandbox: {log_tail(spec.run_dir / 'jail.log')}")
+        return int(pid_file.read_text())
 
     def cleanup(self, run_dir: Path, sandbox_dir: Path) -> None:
         """runsc's state folder, the bundle and the root mount point; processes ended with the

