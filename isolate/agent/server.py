@@ -1046,22 +1046,31 @@ class ProcessTable:
         conn.sendall(encode_frame({"ok": True, "process": info}))
 
     def terminate(self, processes):
-        """SIGTERM each process tree, SIGKILL what is left after KILL_GRACE seconds; wait until each is reported."""
+        """SIGTERM each process tree, SIGKILL what is left after KILL_GRACE seconds; wait until each is
+        reported and every member of its tree is gone (reaped, not a zombie still listed in /proc)."""
+        members = set()
         for process in processes:
             process.killed = True
+            members.update(tree_of(process.pid))
             kill_tree(process.pid, 15)
         deadline = time.monotonic() + KILL_GRACE
         killed = False
         while True:
             with self.agent.lock:
                 left = [p for p in processes if not p.finished()]
-            if not left:
+            alive = [pid for pid in members if os.path.exists("/proc/%d" % pid)]
+            if not left and not alive:
                 return
             now = time.monotonic()
             if now >= deadline and not killed:
                 killed = True
                 for process in left:
                     kill_tree(process.pid, 9)
+                for pid in alive:
+                    try:
+                        os.kill(pid, 9)
+                    except OSError:
+                        pass
             elif now >= deadline + KILL_GRACE:
                 return
             time.sleep(0.01)

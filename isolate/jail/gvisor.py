@@ -147,6 +147,11 @@ class Slots:
             os.close(fd)
 
 
+def _in_image(spec: JailSpec, path: str) -> bool:
+    relative = path.lstrip("/")
+    return os.path.lexists(spec.rootfs.lower / relative) or os.path.lexists(spec.rootfs.upper / relative)
+
+
 @functools.lru_cache(maxsize=8)
 def oci_seccomp(policy_text: str) -> dict[str, object]:
     """The policy rendered for runsc (once per policy text: parsing costs a few ms of every start)."""
@@ -169,8 +174,9 @@ def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
     ]
     mounts += [{"destination": folder, "type": "bind", "source": folder, "options": ["rbind", "ro", "nosuid", "nodev"]}
                for folder in spec.rootfs.read_only_binds]
+    # like nsjail's `mandatory: false`: an image without the target file goes without (runsc could not make it)
     mounts += [{"destination": target, "type": "bind", "source": source, "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
-               for source, target in spec.files]
+               for source, target in spec.files if _in_image(spec, target)]
     # One capability, inside gVisor's kernel only: binding ports below 1024. nsjail's sandboxes get that
     # from their namespace's ip_unprivileged_port_start=0, which the Sentry does not read; the host
     # still checks that sysctl when the Sentry binds the real socket in the sandbox's namespace.
