@@ -175,9 +175,12 @@ class SandboxManager:
 
     def is_running(self, name: str) -> bool:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        sock.settimeout(1.0)  # never block on an agent that stopped accepting
         try:
             sock.connect(str(self.socket_path(name)))
             return True
+        except BlockingIOError:
+            return True  # something listens there, with a full backlog
         except OSError:
             return False
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ ETC_WRITTEN = {
     "resolv.conf": "",
 }
 SKELETON_FOLDERS = ("proc", "dev", "sys", "tmp", "workspace", "root", "home", "run", "var/tmp", "mnt", "opt", "srv")
+# The device nodes a sandbox gets: name -> (major, minor).
+DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 # Folders made in every new upper layer, owned by the sandbox's own uid so its root can write there.
 UPPER_FOLDERS = {"workspace": 0o755, "tmp": 0o1777, "root": 0o700, "home": 0o755, "var/tmp": 0o1777}
 
@@ -47,6 +50,8 @@ class RootfsPlan:
     upper: Path
     work: Path
     read_only_binds: tuple[str, ...] = field(default=())  # host folders shown at the same path
+    empty: Path | None = None  # an empty folder, the second lower layer of read-only overlays
+    devices: Path | None = None  # host-only folder for the sandbox's own device nodes
 
 
 def host_image(images_dir: Path) -> tuple[Path, tuple[str, ...]]:
@@ -98,7 +103,37 @@ def plan(image: str, images_dir: Path, sandbox_dir: Path) -> RootfsPlan:
             raise ValidationError(f"image must be {HOST_IMAGE!r} or an absolute path to a root folder: {image!r}")
         if not (lower / "usr/bin/python3").exists() and not (lower / "bin/python3").exists():
             raise HostError(f"image {image} has no python3, which the sandbox agent needs")
-    return RootfsPlan(lower=lower, upper=sandbox_dir / "upper", work=sandbox_dir / "work", read_only_binds=binds)
+    return RootfsPlan(lower=lower, upper=sandbox_dir / "upper", work=sandbox_dir / "work", read_only_binds=binds,
+                      empty=empty_folder(images_dir), devices=sandbox_dir / "dev")
+
+
+def empty_folder(images_dir: Path) -> Path:
+    """A root-owned folder that stays empty (overlayfs wants two lower layers when it has no upper one)."""
+    folder = images_dir / "empty"
+    if not folder.is_dir():
+        images_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o755, exist_ok=True)
+    return folder
+
+
+def device_nodes(folder: Path) -> Path | None:
+    """Make (once) this sandbox's own copies of the device nodes; None where the file system forbids devices.
+
+    Own inodes, not binds of the host's /dev/null: a lock or lease taken on a shared
+    inode would reach other sandboxes and the host.
+    """
+    if os.statvfs(folder.parent).f_flag & os.ST_NODEV:
+        return None
+    if all((folder / name).is_char_device() for name in DEVICES):
+        return folder
+    folder.mkdir(mode=0o755, exist_ok=True)
+    for name, (major, minor) in DEVICES.items():
+        node = folder / name
+        if not node.is_char_device():
+            node.unlink(missing_ok=True)
+            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            node.chmod(0o666)
+    return folder
 
 
 def create_layers(sandbox_dir: Path, uid: int) -> None:
@@ -117,21 +152,44 @@ def create_layers(sandbox_dir: Path, uid: int) -> None:
             os.chown(folder.parent, uid, uid)
 
 
+WALK_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_WALK_DEPTH = 256  # folders deeper than this are not counted (one descriptor is held per level)
+
+
 def disk_usage(folder: Path) -> int:
-    """Bytes allocated under `folder`, never following links."""
+    """Bytes allocated under `folder`, a tree the sandbox controls.
+
+    It walks by descriptor (openat with O_NOFOLLOW, fstatat without following), so a
+    sandbox swapping a folder for a symlink mid-walk cannot lead it outside its layer.
+    """
+    try:
+        top = os.open(folder, WALK_FLAGS)
+    except OSError:
+        return 0
     total = 0
-    stack = [str(folder)]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
+    stack = [(top, os.scandir(top))]
+    try:
+        while stack:
+            fd, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                entries.close()
+                os.close(fd)
+                stack.pop()
+                continue
             try:
                 info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
             total += info.st_blocks * 512
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
+            if stat.S_ISDIR(info.st_mode) and len(stack) < MAX_WALK_DEPTH:
+                try:
+                    child = os.open(entry.name, WALK_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # replaced by a symlink or removed since
+                stack.append((child, os.scandir(child)))
+    finally:
+        for fd, entries in stack:
+            entries.close()
+            os.close(fd)
     return total

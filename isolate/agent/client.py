@@ -6,8 +6,10 @@ agent over, so frames are size-capped and fields type-checked before use.
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from .protocol import ProtocolError, decode_frame, encode_frame
 CONNECT_ERRORS = (FileNotFoundError, ConnectionRefusedError)
 STALE_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)
 REPLY_TIMEOUT = 120.0
+CONNECT_TIMEOUT = 10.0  # an agent that stops accepting fills its backlog; connect() would then wait forever
 
 
 class AgentConnection:
@@ -25,11 +28,27 @@ class AgentConnection:
         self.sock = sock
         self.reader = sock.makefile("rb", buffering=65536)
 
-    def send(self, message: dict[str, Any], payload: bytes = b"") -> None:
+    def send(self, message: dict[str, Any], payload: bytes = b"", deadline: float | None = None) -> None:
+        self._wait_at_most_until(deadline)
         self.sock.sendall(encode_frame(message, payload))
 
-    def receive(self, max_payload: int) -> tuple[dict[str, Any], bytes]:
-        return decode_frame(self.reader.read, max_payload)
+    def receive(self, max_payload: int, deadline: float | None = None) -> tuple[dict[str, Any], bytes]:
+        """One frame, whole before `deadline`: an agent dripping a byte at a time cannot hold the caller."""
+
+        def read(size: int) -> bytes:
+            self._wait_at_most_until(deadline)
+            return self.reader.read1(size)
+
+        return decode_frame(read, max_payload)
+
+    def _wait_at_most_until(self, deadline: float | None) -> None:
+        if deadline is None:
+            self.sock.settimeout(None)
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the agent's answer did not arrive in time")
+        self.sock.settimeout(remaining)
 
     def close(self) -> None:
         self.reader.close()
@@ -46,24 +65,27 @@ class AgentClient:
         self.idle: list[AgentConnection] = []
         self.lock = threading.Lock()
 
-    def _connect(self) -> AgentConnection:
+    def _connect(self, timeout: float | None) -> AgentConnection:
         for attempt in range(2):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
-                sock.connect(self.socket_path)
+                connect_with_deadline(sock, self.socket_path, min(timeout or CONNECT_TIMEOUT, CONNECT_TIMEOUT))
                 return AgentConnection(sock)
             except CONNECT_ERRORS:
                 sock.close()
                 if attempt:
                     raise SandboxError(f"sandbox agent did not start: {self.describe_failure()}") from None
                 self.start()
+            except BaseException:
+                sock.close()
+                raise
         raise AssertionError("unreachable")
 
-    def _checkout(self) -> tuple[AgentConnection, bool]:
+    def _checkout(self, timeout: float | None = None) -> tuple[AgentConnection, bool]:
         with self.lock:
             if self.idle:
                 return self.idle.pop(), True
-        return self._connect(), False
+        return self._connect(timeout), False
 
     def _checkin(self, conn: AgentConnection) -> None:
         with self.lock:
@@ -76,14 +98,14 @@ class AgentClient:
         A pooled connection may have died with an idle agent; the request is then sent
         again on a fresh one, which is safe because nothing was answered.
         """
+        deadline = time.monotonic() + timeout if timeout is not None else None
         while True:
-            conn, pooled = self._checkout()
+            conn, pooled = self._checkout(timeout)
             answered = False
             try:
-                conn.sock.settimeout(timeout)
-                conn.send(message, payload)
+                conn.send(message, payload, deadline)
                 while True:
-                    reply, data = conn.receive(max_payload)
+                    reply, data = conn.receive(max_payload, deadline)
                     answered = True
                     final = reply.get("ev") in (None, "exit")
                     if not final:
@@ -113,9 +135,10 @@ class AgentClient:
                 if conn is not None:
                     conn.close()
 
-    def call(self, message: dict[str, Any], payload: bytes = b"", *, max_payload: int = 1 << 20) -> tuple[dict[str, Any], bytes]:
+    def call(self, message: dict[str, Any], payload: bytes = b"", *, max_payload: int = 1 << 20,
+             timeout: float = REPLY_TIMEOUT) -> tuple[dict[str, Any], bytes]:
         """A request with exactly one answer."""
-        for reply, data in self.exchange(message, payload, max_payload=max_payload):
+        for reply, data in self.exchange(message, payload, max_payload=max_payload, timeout=timeout):
             return reply, data
         raise SandboxError("sandbox agent sent no answer")
 
@@ -124,3 +147,20 @@ class AgentClient:
             idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()
+
+
+def connect_with_deadline(sock: socket.socket, path: str, timeout: float) -> None:
+    """connect(), waiting at most `timeout` while the listener's backlog is full (a unix
+    socket then refuses at once with EAGAIN rather than wait); SandboxError after that."""
+    deadline = time.monotonic() + timeout
+    sock.settimeout(timeout)
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError as exc:
+            if exc.errno != errno.EAGAIN or time.monotonic() >= deadline:
+                raise SandboxError("sandbox agent is not accepting connections") from None
+            time.sleep(0.01)
+        except TimeoutError:
+            raise SandboxError("sandbox agent is not accepting connections") from None

@@ -1,0 +1,273 @@
+"""File-system escape: chroot tricks, /proc/*/root, leaked descriptors, handles, mounts,
+device nodes, the agent's memory and binary, and what of the host the tree shows."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .. import probes
+from ..battery import Audit, case
+
+GROUP = "filesystem"
+NOT_WRITABLE = ("EROFS", "EACCES", "EPERM", "ENOENT")
+
+
+def _errno(audit: Audit, statement: str, key: str = GROUP) -> str:
+    return audit.python(audit.sandbox(key), probes.ERRNO_OF, statement).stdout.strip()
+
+
+def _not_writable(audit: Audit, statement: str) -> str:
+    seen = _errno(audit, statement)
+    return "refused" if seen in NOT_WRITABLE else seen
+
+
+@case(GROUP, "chroot-escape", "EPERM")
+def chroot_escape(audit: Audit) -> str:
+    """The classic escape: chroot into a subfolder while keeping a descriptor of the old root."""
+    return _errno(audit, "fd = os.open('/', os.O_RDONLY); os.makedirs('/tmp/jail', exist_ok=True); os.chroot('/tmp/jail'); "
+                         "os.fchdir(fd); [os.chdir('..') for _ in range(64)]; os.chroot('.')")
+
+
+@case(GROUP, "dotdot-above-root", "stays at /")
+def dotdot_above_root(audit: Audit) -> str:
+    """`..` a hundred times from /proc/self/cwd still names the sandbox's root."""
+    source = ("import os\nos.chdir('/proc/self/cwd')\nfor _ in range(100): os.chdir('..')\n"
+              "here, root = os.stat('.'), os.stat('/')\nprint((here.st_dev, here.st_ino) == (root.st_dev, root.st_ino))")
+    out = audit.python(audit.sandbox(GROUP), source).stdout.strip()
+    return "stays at /" if out == "True" else "left the root" if out == "False" else "probe failed"
+
+
+@case(GROUP, "proc-pid-root", "every /proc/*/root is the sandbox root")
+def proc_pid_root(audit: Audit) -> str:
+    """/proc/<pid>/root of every visible process (the agent's included) leads to the sandbox's own root."""
+    source = (
+        "import os\nroot = os.stat('/')\nbad = []\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    try: st = os.stat('/proc/%s/root/.' % pid)\n"
+        "    except OSError: continue\n"
+        "    if (st.st_dev, st.st_ino) != (root.st_dev, root.st_ino): bad.append(pid)\n"
+        "print(' '.join(bad) or 'none')"
+    )
+    out = audit.python(audit.sandbox(GROUP), source).stdout.strip()
+    return "every /proc/*/root is the sandbox root" if out == "none" else f"other roots via pids {out}"
+
+
+@case(GROUP, "descriptors-of-commands", "0 1 2")
+def descriptors_of_commands(audit: Audit) -> str:
+    """A command inherits stdin, stdout and stderr only: no descriptor of the agent or the host."""
+    source = ("import os\nopen_now = []\nfor fd in sorted(map(int, os.listdir('/proc/self/fd'))):\n"
+              "    try: os.fstat(fd)\n    except OSError: continue  # the listing's own, closed since\n"
+              "    open_now.append(str(fd))\nprint(' '.join(open_now))")
+    return audit.python(audit.sandbox(GROUP), source).stdout.strip()
+
+
+@case(GROUP, "descriptors-of-agent", "null 0-2, then sockets and pipes only", backends=("nsjail",))
+def descriptors_of_agent(audit: Audit) -> str:
+    """Read from the host: the agent holds /dev/null on 0-2, its channel, connections and pipes; no file or folder."""
+    sandbox = audit.sandbox(GROUP)
+    audit.exec(sandbox, "true")
+    agent = next(pid for pid in audit.host_pids(sandbox) if _ns_pid(pid) == 1)
+    odd = []
+    for fd in sorted(os.listdir(f"/proc/{agent}/fd"), key=int):
+        target = os.readlink(f"/proc/{agent}/fd/{fd}")
+        std = int(fd) <= 2 and Path(f"/proc/{agent}/fd/{fd}").stat().st_rdev == os.makedev(1, 3)
+        if not (std or target.startswith(("socket:", "pipe:", "anon_inode:"))):
+            odd.append(f"{fd}->{target}")
+    return "null 0-2, then sockets and pipes only" if not odd else "holds " + " ".join(odd)
+
+
+def _ns_pid(host_pid: int) -> int:
+    for line in Path(f"/proc/{host_pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return 0
+
+
+@case(GROUP, "agent-descriptors-from-inside", "EACCES")
+def agent_descriptors_from_inside(audit: Audit) -> str:
+    """A command cannot reopen the agent's descriptors through /proc/1/fd (the agent is not dumpable)."""
+    return _errno(audit, "[os.open('/proc/1/fd/' + fd, os.O_RDONLY) for fd in os.listdir('/proc/1/fd')]")
+
+
+@case(GROUP, "agent-memory-write", "refused")
+def agent_memory_write(audit: Audit) -> str:
+    """Overwrite the agent through /proc/1/mem."""
+    return _not_writable(audit, "open('/proc/1/mem', 'r+b').write(b'x')")
+
+
+@case(GROUP, "agent-memory-read", "EACCES")
+def agent_memory_read(audit: Audit) -> str:
+    """Read the agent's memory (earlier requests, their environments) through /proc/1/mem."""
+    return _errno(audit, "f = open('/proc/1/mem', 'rb'); f.seek(0x400000); f.read(16)")
+
+
+@case(GROUP, "runtime-binary-overwrite", "refused")
+def runtime_binary_overwrite(audit: Audit) -> str:
+    """Overwrite the binary behind /proc/1/exe (the runc CVE-2019-5736 pattern)."""
+    return _not_writable(audit, "open('/proc/1/exe', 'r+b').write(b'x')")
+
+
+@case(GROUP, "mount-table", "only the sandbox's own mounts")
+def mount_table(audit: Audit) -> str:
+    """Every mount point inside is one the sandbox is meant to have; no old root, no staging folder."""
+    allowed = ("/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/dev", "/sys")
+    text = audit.exec(audit.sandbox(GROUP), "cat", ["/proc/self/mountinfo"]).stdout
+    points = [line.split()[4] for line in text.splitlines() if len(line.split()) > 4]
+    odd = [p for p in points if p not in allowed and not p.startswith(("/proc/", "/dev/", "/sys/"))]
+    return "only the sandbox's own mounts" if points and not odd else "unexpected: " + " ".join(odd or ["no mounts listed"])
+
+
+@case(GROUP, "old-root-detached", "no host folder mounted", backends=("nsjail",))
+def old_root_detached(audit: Audit) -> str:
+    """No mount inside shows a folder of the host's root file system (pivot_root's old root is gone);
+    the only pieces of it are the sandbox's own device nodes."""
+    host_root = os.stat("/").st_dev
+    text = audit.exec(audit.sandbox(GROUP), "cat", ["/proc/self/mountinfo"]).stdout
+    exposed = []
+    for line in text.splitlines():
+        fields = line.split()
+        major, minor = (int(n) for n in fields[2].split(":"))
+        if os.makedev(major, minor) != host_root:
+            continue
+        try:
+            is_device = stat.S_ISCHR(os.stat(fields[3]).st_mode)
+        except OSError:
+            is_device = False
+        if not is_device:
+            exposed.append(f"{fields[3]} at {fields[4]}")
+    return "no host folder mounted" if not exposed else "; ".join(exposed)
+
+
+@case(GROUP, "unmask-proc", "EPERM")
+def unmask_proc(audit: Audit) -> str:
+    """Unmount the empty file that covers /proc/kallsyms."""
+    return _errno(audit, "libc('umount2', b'/proc/kallsyms', 2)")  # MNT_DETACH
+
+
+@case(GROUP, "bind-mount", "EPERM")
+def bind_mount(audit: Audit) -> str:
+    """Bind-mount /proc/self/root over /workspace, as a mount-based escape would."""
+    return _errno(audit, "libc('mount', b'/proc/self/root', b'/workspace', None, 0x1000 | 0x4000, None)")  # MS_BIND | MS_REC
+
+
+@case(GROUP, "block-device-node", "EPERM")
+def block_device_node(audit: Audit) -> str:
+    """Make a node for the host's first disk, to read it raw."""
+    return _errno(audit, "os.mknod('/tmp/disk', 0o60600, os.makedev(8, 0))")
+
+
+@case(GROUP, "memory-device-node", "EPERM")
+def memory_device_node(audit: Audit) -> str:
+    """Make /dev/mem (1, 1) to read the host's physical memory."""
+    return _errno(audit, "os.mknod('/tmp/mem', 0o20600, os.makedev(1, 1))")
+
+
+@case(GROUP, "device-list", "null zero full random urandom tty and terminals")
+def device_list(audit: Audit) -> str:
+    """/dev holds the minimal set only: no disk, memory, kmsg, or host terminal."""
+    allowed = {"null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm", "fd", "stdin", "stdout", "stderr",
+               "console", "core", "mqueue"}
+    names = set(audit.exec(audit.sandbox(GROUP), "ls", ["-A", "/dev"]).stdout.split())
+    odd = sorted(names - allowed)
+    return "null zero full random urandom tty and terminals" if not odd else "also " + " ".join(odd)
+
+
+@case(GROUP, "nosuid-nodev-everywhere-writable", "nosuid,nodev")
+def nosuid_nodev(audit: Audit) -> str:
+    """The writable layer and the other writable places are mounted nosuid and nodev."""
+    source = (
+        "import os\nbad = []\n"
+        "for path in ('/', '/workspace', '/tmp', '/root', '/dev/shm', '/var/tmp', '/usr'):\n"
+        "    flags = os.statvfs(path).f_flag\n"
+        "    if not (flags & os.ST_NOSUID and flags & os.ST_NODEV): bad.append(path)\n"
+        "print(' '.join(bad) or 'nosuid,nodev')"
+    )
+    return audit.python(audit.sandbox(GROUP), source).stdout.strip()
+
+
+@case(GROUP, "sys-absent", "absent or read-only")
+def sys_absent(audit: Audit) -> str:
+    """/sys (kernel tunables, devices, cgroups) is empty, or at most read-only."""
+    source = "import os\nprint('absent or read-only' if not os.listdir('/sys') or os.statvfs('/sys').f_flag & os.ST_RDONLY else 'writable')"
+    return audit.python(audit.sandbox(GROUP), source).stdout.strip()
+
+
+@case(GROUP, "proc-sys-read-only", "EROFS")
+def proc_sys_read_only(audit: Audit) -> str:
+    """Write a kernel tunable: /proc/sys/vm/drop_caches."""
+    return _errno(audit, "open('/proc/sys/vm/drop_caches', 'w').write('3')")
+
+
+@case(GROUP, "sysrq-trigger", "refused")
+def sysrq_trigger(audit: Audit) -> str:
+    """Write to /proc/sysrq-trigger (reboot or crash the host)."""
+    return _not_writable(audit, "open('/proc/sysrq-trigger', 'w').write('c')")
+
+
+@case(GROUP, "proc-kernel-entries", "empty or unreadable")
+def proc_kernel_entries(audit: Audit) -> str:
+    """kcore, keys, kallsyms, kmsg, timer_list, sched_debug, interrupts, kpage*: nothing to read."""
+    source = (
+        "import os\nleaks = []\n"
+        "for name in ('kcore', 'keys', 'key-users', 'kallsyms', 'kmsg', 'timer_list', 'timer_stats', 'sched_debug',\n"
+        "             'latency_stats', 'interrupts', 'kpagecount', 'kpageflags', 'kpagecgroup'):\n"
+        "    try:\n"
+        "        fd = os.open('/proc/' + name, os.O_RDONLY | os.O_NONBLOCK)\n"
+        "        data = os.read(fd, 64)\n"
+        "    except OSError: continue\n"
+        "    if data: leaks.append(name)\n"
+        "for name in ('acpi', 'asound', 'scsi', 'driver'):\n"
+        "    try:\n"
+        "        if os.listdir('/proc/' + name): leaks.append(name)\n"
+        "    except OSError: pass\n"
+        "print(' '.join(leaks) or 'empty or unreadable')"
+    )
+    return audit.python(audit.sandbox(GROUP), source).stdout.strip()
+
+
+@case(GROUP, "system-folders-read-only", "EROFS")
+def system_folders_read_only(audit: Audit) -> str:
+    """Plant a program in /usr/bin, which every sandbox (and the host) shares underneath."""
+    return _errno(audit, "open('/usr/bin/isolate-audit-planted', 'w')")
+
+
+@case(GROUP, "hard-link-to-system-file", "EXDEV")
+def hard_link_to_system_file(audit: Audit) -> str:
+    """Hard-link a shared system file into the writable layer, to change it from there."""
+    return _errno(audit, "os.link('/usr/bin/env', '/workspace/env-link')")
+
+
+@case(GROUP, "host-sockets", "none")
+def host_sockets(audit: Audit) -> str:
+    """No unix socket of the host (docker, systemd, dbus, isolate's own agent socket) is in the tree."""
+    result = audit.exec(audit.sandbox(GROUP), "find / -xdev -type s 2>/dev/null; find /run /tmp /var /dev -type s 2>/dev/null")
+    found = sorted(set(result.stdout.split()))
+    return " ".join(found[:5]) or "none"
+
+
+@case(GROUP, "state-folder-invisible", "absent")
+def state_folder_invisible(audit: Audit) -> str:
+    """The host's state folder (every sandbox's layer, the agent sockets) is not in the tree,
+    nor is this sandbox's own layer at the host path /proc/self/mountinfo names."""
+    sandbox = audit.sandbox(GROUP)
+    paths = [str(audit.manager.settings.state_dir), str(audit.sandbox_folder(sandbox)), str(audit.manager.socket_path(sandbox.name))]
+    result = audit.exec(sandbox, "ls", ["-d", *paths])
+    return "absent" if not result.stdout.strip() else "visible: " + result.stdout.strip()
+
+
+@case(GROUP, "host-canary-by-path", "absent")
+def host_canary_by_path(audit: Audit) -> str:
+    """The host's canary file, named by its absolute host path, does not exist inside."""
+    result = audit.exec(audit.sandbox(GROUP), "cat", [str(audit.canaries.file)])
+    return "absent" if result.exit_code != 0 and not result.stdout else "read: " + result.stdout[:40]
+
+
+@case(GROUP, "agent-start-files", "EACCES")
+def agent_start_files(audit: Audit) -> str:
+    """The files that steer how every program (the agent too) starts are the image's, not the
+    sandbox's: /etc/ld.so.preload and /etc/ld.so.cache cannot be written. (The root folder
+    itself is the sandbox's: see file-api/hostile-agent-* for what replacing /lib64 achieves.)"""
+    seen = {_errno(audit, f"open({path!r}, 'a').write('/workspace/evil.so')") for path in ("/etc/ld.so.preload", "/etc/ld.so.cache")}
+    return " ".join(sorted(seen))
