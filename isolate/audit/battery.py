@@ -95,6 +95,7 @@ class Audit:
 
     manager: SandboxManager
     backend: str
+    policy: str | None = None  # the seccomp policy of the sandboxes attacked (None: the configured default)
     token: str = field(default_factory=lambda: secrets.token_hex(4))
     canaries: HostCanaries = field(init=False)
     _shared: dict[str, Sandbox] = field(default_factory=dict)
@@ -109,7 +110,8 @@ class Audit:
 
     def _new(self, label: str, limits: Limits | None, env: dict[str, str] | None = None) -> Sandbox:
         name = f"audit-{self.token}-{label}-{secrets.token_hex(2)}"
-        return Sandbox(self.manager, self.manager.open(name, backend=self.backend, limits=limits or AUDIT_LIMITS, env=env))
+        record = self.manager.open(name, backend=self.backend, limits=limits or AUDIT_LIMITS, env=env, policy=self.policy)
+        return Sandbox(self.manager, record)
 
     def sandbox(self, key: str = "main") -> Sandbox:
         """A sandbox shared by the cases that do not damage it."""
@@ -204,6 +206,23 @@ class Audit:
                 sandbox.destroy()
         self._shared.clear()
         self.canaries.remove()
+
+
+def unavailable(manager: SandboxManager, backend: str) -> str | None:
+    """Why the battery cannot run on `backend` here, or None: it must start a sandbox and get an answer."""
+    from ..manager import BACKENDS
+
+    if backend not in BACKENDS:
+        return f"backend {backend!r} is not part of this isolate (known: {', '.join(BACKENDS)})"
+    name = f"audit-probe-{secrets.token_hex(4)}"
+    try:
+        Sandbox(manager, manager.open(name, backend=backend)).ping()
+    except IsolateError as exc:
+        return f"{backend}: {exc.message}"
+    finally:
+        with contextlib.suppress(IsolateError):
+            manager.destroy(name)
+    return None
 
 
 def run_all(manager: SandboxManager, backend: str, cases: list[Case]) -> Iterator[Result]:
