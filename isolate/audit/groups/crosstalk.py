@@ -41,6 +41,15 @@ def kill_minus_one(audit: Audit) -> str:
     return "neighbour and host untouched" if attacker.ping() == "pong" else "the attacker's own agent died"
 
 
+@case(GROUP, "signals-to-the-agent", "the agent still answers")
+def signals_to_the_agent(audit: Audit) -> str:
+    """A command sends the agent (PID 1 inside) every signal there is, SIGKILL and SIGSTOP included."""
+    sandbox = audit.fresh()
+    audit.exec(sandbox, "for s in $(seq 1 31) $(seq 34 64); do kill -s $s 1 2>/dev/null; done; true")
+    answered = audit.exec(sandbox, "echo", ["alive"]).stdout == "alive\n" and sandbox.ping() == "pong"
+    return "the agent still answers" if answered else "the agent is gone"
+
+
 @case(GROUP, "signal-host-process", "ESRCH")
 def signal_host_process(audit: Audit) -> str:
     """SIGKILL the host canary process by its host pid."""

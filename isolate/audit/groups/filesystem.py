@@ -200,6 +200,16 @@ def proc_sys_read_only(audit: Audit) -> str:
     return _errno(audit, "open('/proc/sys/vm/drop_caches', 'w').write('3')")
 
 
+@case(GROUP, "kernel-helper-paths", "refused")
+def kernel_helper_paths(audit: Audit) -> str:
+    """Point a kernel helper at a program of the sandbox's (the kernel runs it as host root):
+    core_pattern, modprobe, uevent_helper, binfmt_misc."""
+    paths = ("/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/sys/kernel/uevent_helper",
+             "/proc/sys/fs/binfmt_misc/register")
+    seen = {_not_writable(audit, f"open({path!r}, 'w').write('|/workspace/evil')") for path in paths}
+    return " ".join(sorted(seen))
+
+
 @case(GROUP, "sysrq-trigger", "refused")
 def sysrq_trigger(audit: Audit) -> str:
     """Write to /proc/sysrq-trigger (reboot or crash the host)."""
