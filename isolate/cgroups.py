@@ -182,3 +182,10 @@ def list_sandbox_cgroups(parent: str, root: Path = ROOT) -> list[str]:
         return sorted(p.name for p in base.iterdir() if p.is_dir())
     except FileNotFoundError:
         return []
+
+
+def remove_parent(parent: str, root: Path = ROOT) -> None:
+    """Remove the instance's parent folders once no sandbox cgroup is left in them."""
+    for folder in SandboxCgroup(parent, "any", root).folders:
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()

@@ -6,6 +6,7 @@ import argparse
 import secrets
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from . import doctor
@@ -112,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("source")
     sub.add_argument("destination")
     commands.add_parser("gc", help="remove what crashed runs left behind (cgroups, processes, run folders)")
+    sub = commands.add_parser("serve", help="serve Cloudflare's sandbox container API over HTTP (the worker)")
+    sub.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT or unix:/path (default 127.0.0.1:8080)")
+    sub.add_argument("--token-file", help="file holding the token clients send as X-Isolate-Token (else ISOLATE_TOKEN)")
+    sub.add_argument("--max-body-mb", type=int, default=64, help="largest request body accepted (413 past it)")
+    sub.add_argument("--threads", type=int, default=256, help="sandbox calls served at once (streams included)")
+    sub.add_argument("--shutdown-timeout", type=float, default=20.0, help="seconds in-flight requests get after SIGTERM")
+    sub.add_argument("--warm-pool", type=int, default=2, help="spare sandboxes kept started for fast creation (0: none)")
     commands.add_parser("doctor", help="check this host and say how to fix what is missing")
     sub = commands.add_parser("audit", help="attack this host's sandboxes with the security battery; non-zero exit if any attack succeeds")
     sub.add_argument("--backend", default="nsjail", help="backend to attack (default nsjail)")
@@ -175,6 +183,13 @@ def _dispatch(manager: SandboxManager, args: argparse.Namespace) -> int:
         for item in manager.clean_leftovers():
             print(f"removed {item}")
         return 0
+    if args.command == "serve":
+        from .worker.auth import load_token
+        from .worker.server import WorkerOptions, parse_listen, run
+
+        options = WorkerOptions(listen=parse_listen(args.listen), token=load_token(args.token_file), max_body=args.max_body_mb << 20,
+                                threads=args.threads, shutdown_timeout=args.shutdown_timeout)
+        return run(SandboxManager(replace(manager.settings, warm_pool=args.warm_pool)), options)
     if args.command == "doctor":
         text, healthy = doctor.report(doctor.run_checks())
         print(text)

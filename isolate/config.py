@@ -23,6 +23,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     backend: str = field(default_factory=lambda: os.environ.get("ISOLATE_BACKEND", "nsjail"))
     policy: str = "default"
+    warm_pool: int = field(default_factory=lambda: int(os.environ.get("ISOLATE_WARM_POOL", "0")))
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -43,6 +44,10 @@ class Settings:
     @property
     def locks_dir(self) -> Path:
         return self.state_dir / "locks"
+
+    @property
+    def uids_dir(self) -> Path:
+        return self.state_dir / "uids"
 
     @property
     def instance(self) -> str:

@@ -13,50 +13,28 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import socket
 import threading
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 
 from . import cgroups, rootfs
+from . import policy as seccomp_policy
 from .agent import agent_argv, agent_environment
 from .agent.client import AgentClient
 from .config import UID_SLOTS, Settings
 from .errors import IsolateError, ValidationError
 from .jail import Backend, JailSpec, get_backend
-from .types import Limits, SandboxInfo
+from .pool import WarmPool, is_spare
+from .record import SandboxRecord
+from .types import Limits, SandboxInfo, now_iso
 from .validation import check_name
 
 BACKENDS = ("nsjail",)
-
-
-@dataclass(frozen=True)
-class SandboxRecord:
-    """What a sandbox was created with; kept in meta.json."""
-
-    name: str
-    uid: int
-    backend: str = "nsjail"
-    image: str = rootfs.HOST_IMAGE
-    policy: str = "default"
-    limits: Limits = field(default_factory=Limits)
-    env: dict[str, str] = field(default_factory=dict)
-    created_at: str = ""
-
-    def to_json(self) -> str:
-        data = {**self.__dict__, "limits": self.limits.to_dict()}
-        return json.dumps(data, indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> SandboxRecord:
-        data = json.loads(text)
-        data["limits"] = Limits.from_dict(data.get("limits", {}))
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 class SandboxManager:
@@ -65,6 +43,7 @@ class SandboxManager:
         self._clients: dict[str, AgentClient] = {}
         self._clients_lock = threading.Lock()
         self._prepared = False
+        self.pool = WarmPool(self, self.settings.warm_pool)
 
     # --- paths ---
 
@@ -77,8 +56,9 @@ class SandboxManager:
     def socket_path(self, name: str) -> Path:
         return self.run_dir(name) / "agent.sock"
 
-    def cgroup(self, name: str) -> cgroups.SandboxCgroup:
-        return cgroups.SandboxCgroup(self.settings.instance, name)
+    def cgroup(self, record: SandboxRecord) -> cgroups.SandboxCgroup:
+        """Named by the sandbox's uid, which stays when a name changes (cgroup v2 cannot rename)."""
+        return cgroups.SandboxCgroup(self.settings.instance, f"uid-{record.uid}")
 
     def _prepare(self) -> None:
         """Create the state folders once: traversable (not listable) so each sandbox uid reaches only its own layer."""
@@ -87,7 +67,8 @@ class SandboxManager:
         if os.geteuid() != 0:
             raise IsolateError("isolate needs root to create sandboxes (namespaces, cgroups, uid maps)", code="HOST_NOT_READY")
         s = self.settings
-        for folder, mode in ((s.state_dir, 0o711), (s.sandboxes_dir, 0o711), (s.run_dir, 0o700), (s.images_dir, 0o755), (s.locks_dir, 0o700)):
+        for folder, mode in ((s.state_dir, 0o711), (s.sandboxes_dir, 0o711), (s.run_dir, 0o700), (s.images_dir, 0o755), (s.locks_dir, 0o700),
+                             (s.uids_dir, 0o700)):
             folder.mkdir(mode=mode, parents=True, exist_ok=True)
             folder.chmod(mode)
         self._prepared = True
@@ -112,7 +93,7 @@ class SandboxManager:
 
     def names(self) -> list[str]:
         try:
-            return sorted(p.name for p in self.settings.sandboxes_dir.iterdir() if (p / "meta.json").is_file())
+            return sorted(p.name for p in self.settings.sandboxes_dir.iterdir() if (p / "meta.json").is_file() and not is_spare(p.name))
         except FileNotFoundError:
             return []
 
@@ -126,42 +107,70 @@ class SandboxManager:
         record = self.load(name)
         if record is not None:
             return record
-        backend = backend or self.settings.backend
-        if backend not in BACKENDS:
-            raise ValidationError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
-        with self._lock(".create"):
+        wanted = SandboxRecord(
+            name=name,
+            uid=0,
+            backend=backend or self.settings.backend,
+            image=image or rootfs.HOST_IMAGE,
+            policy=policy or self.settings.policy,
+            limits=limits or self.settings.limits,
+            env=dict(env or {}),
+        )
+        self._validate(wanted)
+        with self._lock(name):
             record = self.load(name)
-            if record is not None:
-                return record
-            record = SandboxRecord(
-                name=name,
-                uid=self._free_uid(),
-                backend=backend,
-                image=image or rootfs.HOST_IMAGE,
-                policy=policy or self.settings.policy,
-                limits=limits or self.settings.limits,
-                env=dict(env or {}),
-                created_at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            )
-            rootfs.plan(record.image, self.settings.images_dir, self.sandbox_dir(name))  # validates the image early
-            folder = self.sandbox_dir(name)
-            try:
-                rootfs.create_layers(folder, record.uid)
-                temp = folder / "meta.json.tmp"
-                temp.write_text(record.to_json())
-                temp.rename(folder / "meta.json")
-            except BaseException:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
+            if record is None and self.pool.serves(wanted):
+                record = self.pool.claim(name)
+            if record is None:
+                record = self._create(wanted)
+        self.pool.refill_soon()
         return record
 
-    def _free_uid(self) -> int:
-        used = {r.uid for r in (self.load(n) for n in self.names()) if r is not None}
-        for slot in range(UID_SLOTS):
-            uid = self.settings.uid_base + slot
-            if uid not in used:
+    def _validate(self, wanted: SandboxRecord) -> None:
+        """Bad options fail before anything is made."""
+        if wanted.backend not in BACKENDS:
+            raise ValidationError(f"unknown backend {wanted.backend!r} (known: {', '.join(BACKENDS)})")
+        rootfs.plan(wanted.image, self.settings.images_dir, self.sandbox_dir(wanted.name))
+        seccomp_policy.load(wanted.policy)
+        if not all(isinstance(k, str) and isinstance(v, str) and k and "=" not in k for k, v in wanted.env.items()):
+            raise ValidationError("env must map variable names to string values")
+
+    def _create(self, wanted: SandboxRecord) -> SandboxRecord:
+        """Make a sandbox's uid, writable layer and record (the caller holds its lock)."""
+        name = wanted.name
+        record = replace(wanted, uid=self._claim_uid(name), created_at=now_iso())
+        folder = self.sandbox_dir(name)
+        try:
+            rootfs.create_layers(folder, record.uid, record.limits.disk_mb)
+            self.save(record)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._release_uid(name, record.uid)
+            raise
+        return record
+
+    def save(self, record: SandboxRecord) -> None:
+        temp = self.sandbox_dir(record.name) / "meta.json.tmp"
+        temp.write_text(record.to_json())
+        temp.rename(temp.with_name("meta.json"))
+
+    def _claim_uid(self, name: str) -> int:
+        """A host uid no other sandbox holds, claimed atomically as the link uids/<uid> -> name."""
+        start = zlib.crc32(name.encode()) % UID_SLOTS
+        for step in range(UID_SLOTS):
+            uid = self.settings.uid_base + (start + step) % UID_SLOTS
+            try:
+                os.symlink(name, self.settings.uids_dir / str(uid))
                 return uid
+            except FileExistsError:
+                continue
         raise IsolateError("no free sandbox uid left", code="RESOURCE_BUSY")
+
+    def _release_uid(self, name: str, uid: int) -> None:
+        marker = self.settings.uids_dir / str(uid)
+        with contextlib.suppress(OSError):
+            if os.readlink(marker) == name:
+                marker.unlink()
 
     # --- running ---
 
@@ -195,7 +204,7 @@ class SandboxManager:
             if self.is_running(name):
                 return
             backend = self.backend(record.backend)
-            cgroup = self.cgroup(name)
+            cgroup = self.cgroup(record)
             cgroup.kill()  # leftovers of a jail that died half-way
             cgroup.create(record.limits)
             run_dir = self.run_dir(name)
@@ -239,25 +248,28 @@ class SandboxManager:
         """End every process of the sandbox; its files stay."""
         with self._lock(name):
             self._drop_client(name)
-            self.cgroup(name).kill()
             record = self.load(name)
             if record is not None:
+                self.cgroup(record).kill()
                 self.backend(record.backend).cleanup(name, self.run_dir(name))
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path(name).unlink()
 
     def destroy(self, name: str) -> bool:
         """Remove the sandbox: processes, cgroups, run folder and files. False if it did not exist."""
-        check_name(name)
+        return self._destroy(check_name(name))
+
+    def _destroy(self, name: str) -> bool:
         with self._lock(name):
             self._drop_client(name)
             record = self.load(name)
-            cgroup = self.cgroup(name)
-            cgroup.remove()
             if record is not None:
+                self.cgroup(record).remove()
                 self.backend(record.backend).cleanup(name, self.run_dir(name))
             shutil.rmtree(self.run_dir(name), ignore_errors=True)
             shutil.rmtree(self.sandbox_dir(name), ignore_errors=True)
+            if record is not None:
+                self._release_uid(name, record.uid)
         with contextlib.suppress(FileNotFoundError):
             (self.settings.locks_dir / f"{name}.lock").unlink()
         return record is not None
@@ -278,8 +290,8 @@ class SandboxManager:
             backend=record.backend,
             state="running" if running else "stopped",
             created_at=record.created_at,
-            disk_bytes=rootfs.disk_usage(self.sandbox_dir(name) / "upper"),
-            memory_bytes=self.cgroup(name).memory_bytes() if running else 0,
+            disk_bytes=rootfs.disk_usage(self.sandbox_dir(name)),
+            memory_bytes=self.cgroup(record).memory_bytes() if running else 0,
         )
 
     def list(self) -> list[SandboxInfo]:
@@ -289,9 +301,11 @@ class SandboxManager:
         """After a crash: remove cgroups, run folders and processes that belong to no sandbox,
         and stop jails whose agent no longer answers. Returns what was removed."""
         removed = []
-        known = set(self.names())
+        records = {r.name: r for r in (self.load(n) for n in [*self.names(), *self.pool.spares()]) if r is not None}
+        known = set(records)
+        owned = {self.cgroup(r).name for r in records.values()}
         for name in cgroups.list_sandbox_cgroups(self.settings.instance):
-            if name not in known:
+            if name not in owned:
                 cgroups.SandboxCgroup(self.settings.instance, name).remove()
                 removed.append(f"cgroup:{name}")
         if self.settings.run_dir.is_dir():
@@ -299,10 +313,15 @@ class SandboxManager:
                 if folder.name not in known:
                     shutil.rmtree(folder, ignore_errors=True)
                     removed.append(f"run:{folder.name}")
-        for name in known:
-            if not self.is_running(name) and self.cgroup(name).pids():
+        for name, record in records.items():
+            if not self.is_running(name) and self.cgroup(record).pids():
                 self.stop(name)
                 removed.append(f"processes:{name}")
+        if self.settings.uids_dir.is_dir():
+            for marker in self.settings.uids_dir.iterdir():
+                if os.readlink(marker) not in known:
+                    marker.unlink()  # claimed by a creation that never finished
+                    removed.append(f"uid:{marker.name}")
         if self.settings.sandboxes_dir.is_dir():
             for folder in self.settings.sandboxes_dir.iterdir():
                 if not (folder / "meta.json").exists():

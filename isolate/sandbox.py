@@ -12,21 +12,39 @@ import binascii
 import codecs
 import mimetypes
 import posixpath
+import secrets
+import shlex
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
+from . import git
+from .agent.client import Cancel
 from .errors import FileSystemError, SandboxError, ValidationError
 from .manager import SandboxManager, SandboxRecord
-from .types import ExecEvent, ExecResult, FileEntry, MiB, ReadFileResult, ResourceUsage, SandboxInfo
-from .validation import resolve_path
+from .types import (
+    PROCESS_STATUSES,
+    ExecEvent,
+    ExecResult,
+    FileEntry,
+    MiB,
+    ProcessEvent,
+    ProcessInfo,
+    ProcessLogs,
+    ReadFileResult,
+    ResourceUsage,
+    SandboxInfo,
+    now_iso,
+)
+from .validation import check_process_id, check_session_id, resolve_path
 
 T = TypeVar("T")
 DEFAULT_CWD = "/workspace"
 MAX_READ_BYTES = 32 * MiB  # Cloudflare's cap on buffered reads
 MAX_WRITE_BYTES = 256 * MiB
+PROCESS_LOG_BYTES = 1 * MiB  # output kept per background process (the most recent)
 BASE_ENV = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "HOME": "/root",
@@ -37,34 +55,103 @@ BASE_ENV = {
 }
 
 
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _number(reply: dict[str, Any], key: str, kind: type = float) -> Any:
     """A numeric field of an untrusted reply, or 0."""
     value = reply.get(key)
     return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else kind(0)
 
 
-class ExecStream:
-    """A streamed exec: iterate for events as they happen; `result` once it completed."""
+def _iso(epoch: object) -> str | None:
+    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    except (OverflowError, OSError, ValueError):
+        return None
 
-    def __init__(self, events: Iterator[ExecEvent]):
+
+def _process_info(raw: object) -> ProcessInfo:
+    """A process description from the (untrusted) agent."""
+    if not isinstance(raw, dict):
+        raise SandboxError("sandbox agent sent a malformed process description")
+    status = raw.get("status")
+    exit_code = raw.get("exitCode")
+    return ProcessInfo(
+        id=str(raw.get("id")),
+        pid=_number(raw, "pid", int),
+        command=str(raw.get("command")),
+        status=status if status in PROCESS_STATUSES else "error",  # type: ignore[arg-type]
+        start_time=_iso(raw.get("startTime")) or "",
+        end_time=_iso(raw.get("endTime")),
+        exit_code=exit_code if isinstance(exit_code, int) and not isinstance(exit_code, bool) else None,
+    )
+
+
+class Stream(Iterator[T]):
+    """Events of a call as they happen. `close()` stops it from this thread, `cancel()` from any other."""
+
+    def __init__(self, events: Iterator[T], cancel: Cancel):
         self._events = events
-        self.result: ExecResult | None = None
+        self._cancel = cancel
 
-    def __iter__(self) -> Iterator[ExecEvent]:
-        for event in self._events:
-            if event.result is not None:
-                self.result = event.result
-            yield event
+    def __iter__(self) -> Stream[T]:
+        return self
+
+    def __next__(self) -> T:
+        event = next(self._events)
+        self._seen(event)
+        return event
+
+    def _seen(self, event: T) -> None:
+        """Hook for subclasses that keep something of what went by."""
 
     def close(self) -> None:
-        """Stop reading; the command is killed if it still runs."""
+        """Stop reading; a command still running is killed."""
         close = getattr(self._events, "close", None)
         if close is not None:
             close()
+
+    def cancel(self) -> None:
+        """Like close(), but safe while another thread is blocked in next()."""
+        self._cancel()
+
+
+class ExecStream(Stream[ExecEvent]):
+    """A streamed exec: iterate for events as they happen; `result` once it completed."""
+
+    def __init__(self, events: Iterator[ExecEvent], cancel: Cancel):
+        super().__init__(events, cancel)
+        self.result: ExecResult | None = None
+
+    def _seen(self, event: ExecEvent) -> None:
+        if event.result is not None:
+            self.result = event.result
+
+
+def _looks_binary(head: bytes) -> bool:
+    """NUL bytes or invalid UTF-8 in the first bytes (a character cut at the end is fine)."""
+    if b"\x00" in head[:8192]:
+        return True
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head[:65536], final=False)
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+class FileStream(Iterator[bytes]):
+    """A file read in pieces: its metadata, then its bytes as they are read."""
+
+    def __init__(self, path: str, size: int, is_binary: bool, mime_type: str | None, pieces: Iterator[bytes]):
+        self.path, self.size, self.is_binary = path, size, is_binary
+        self.mime_type = mime_type or ("application/octet-stream" if is_binary else "text/plain")
+        self._pieces = pieces
+
+    def __iter__(self) -> FileStream:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._pieces)
 
 
 class Sandbox:
@@ -109,9 +196,16 @@ class Sandbox:
 
         Returns an ExecResult, or with `stream=True` an ExecStream of ExecEvents.
         """
-        events = self._exec_events(command, args, env=env, cwd=cwd, timeout=timeout, stdin=stdin)
+        request = self._exec_request(command, args, env, cwd, timeout)
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        request["stdin"] = data is not None
+        return self._run_exec(request, data or b"", command, args, stream)
+
+    def _run_exec(self, request: dict[str, Any], data: bytes, command: str, args: list[str] | None, stream: bool) -> Any:
+        cancel = Cancel()
+        events = self._exec_events(request, data, command, args, cancel)
         if stream:
-            return ExecStream(events)
+            return ExecStream(events, cancel)
         for event in events:
             if event.result is not None:
                 return event.result
@@ -124,27 +218,32 @@ class Sandbox:
         if args is not None and (not isinstance(args, (list, tuple)) or not all(isinstance(a, str) and "\x00" not in a for a in args)):
             raise ValidationError("args must be a list of strings without NUL bytes")
         argv = [command, *args] if args is not None else ["/bin/sh", "-c", command]
-        limits = self._record.limits
+        merged = self._environment(env)
+        workdir = self._path(cwd) if cwd is not None else self.cwd
+        merged["PWD"] = workdir
+        return {"op": "exec", "argv": argv, "env": merged, "cwd": workdir, "timeout": self._timeout(timeout),
+                "output_limit": self._record.limits.output_bytes}
+
+    def _timeout(self, timeout: float | None) -> float:
         if timeout is None:
-            timeout = limits.exec_timeout
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
+            timeout = self._record.limits.exec_timeout
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not 0 < timeout < 1e9:
             raise ValidationError("timeout must be a positive number of seconds")
-        merged = {**BASE_ENV, **self._record.env, **(env or {})}
+        return float(timeout)
+
+    def _environment(self, env: dict[str, str] | None, base: dict[str, str] | None = None) -> dict[str, str]:
+        """The sandbox's environment with `env` on top, checked."""
+        if env is not None and not isinstance(env, dict):
+            raise ValidationError("env must be a mapping of names to strings")
+        merged = {**(base if base is not None else {**BASE_ENV, **self._record.env}), **(env or {})}
         for key, value in merged.items():
             if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key or "\x00" in key + value:
                 raise ValidationError(f"bad environment variable {key!r}")
-        workdir = self._path(cwd) if cwd is not None else self.cwd
-        merged["PWD"] = workdir
-        request = {"op": "exec", "argv": argv, "env": merged, "cwd": workdir, "timeout": float(timeout),
-                   "output_limit": limits.output_bytes}
-        return request
+        return merged
 
-    def _exec_events(self, command: str, args: list[str] | None, *, env: dict[str, str] | None, cwd: str | None,
-                     timeout: float | None, stdin: str | bytes | None) -> Iterator[ExecEvent]:
-        request = self._exec_request(command, args, env, cwd, timeout)
-        data = stdin.encode() if isinstance(stdin, str) else stdin
-        request["stdin"] = data is not None
-        cgroup = self._manager.cgroup(self.name)
+    def _exec_events(self, request: dict[str, Any], data: bytes, command: str, args: list[str] | None,
+                     cancel: Cancel) -> Iterator[ExecEvent]:
+        cgroup = self._manager.cgroup(self._record)
         client = self._manager.client(self.name)
 
         def generate() -> Iterator[ExecEvent]:
@@ -153,7 +252,7 @@ class Sandbox:
             decoders = {1: codecs.getincrementaldecoder("utf-8")("replace"), 2: codecs.getincrementaldecoder("utf-8")("replace")}
             collected: dict[int, list[str]] = {1: [], 2: []}
             received = {1: 0, 2: 0}
-            frames = client.exchange(request, data or b"", max_payload=1 << 20, timeout=float(request["timeout"]) + 30)
+            frames = client.exchange(request, data, max_payload=1 << 20, timeout=float(request["timeout"]) + 30, cancel=cancel)
             for reply, chunk in frames:
                 kind = reply.get("ev")
                 if kind == "start":
@@ -237,6 +336,29 @@ class Sandbox:
             content, used = (text if not is_binary else data.decode("utf-8", "replace")), "utf-8"
         return ReadFileResult(path=target, content=content, encoding=used, is_binary=is_binary, mime_type=mime, size=len(data))  # type: ignore[arg-type]
 
+    def read_file_stream(self, path: str, *, chunk_size: int = 1 * MiB) -> FileStream:
+        """Read a file of any size in pieces (no 32 MiB cap); the first piece is read at once, so
+        errors and the file's metadata are known before iterating."""
+        target = self._path(path)
+        client = self._manager.client(self.name)
+
+        def piece(offset: int) -> tuple[dict[str, Any], bytes]:
+            return client.call({"op": "read", "path": target, "max_bytes": chunk_size, "offset": offset}, max_payload=chunk_size)
+
+        reply, first = piece(0)
+        size = max(_number(reply, "size", int), len(first))
+
+        def pieces() -> Iterator[bytes]:
+            data, offset = first, 0
+            while data:
+                yield data
+                offset += len(data)
+                if len(data) < chunk_size:
+                    return
+                data = piece(offset)[1]
+
+        return FileStream(target, size, _looks_binary(first), mimetypes.guess_type(target)[0], pieces())
+
     def mkdir(self, path: str, *, recursive: bool = False) -> str:
         target = self._path(path)
         self._call({"op": "mkdir", "path": target, "recursive": bool(recursive)})
@@ -286,6 +408,107 @@ class Sandbox:
         entries.sort(key=lambda e: e.absolute_path)
         return entries
 
+    def git_checkout(self, repo_url: str, *, branch: str | None = None, target_dir: str | None = None, depth: int | None = None,
+                     timeout: float | None = None) -> tuple[str, str]:
+        """`git clone` inside the sandbox; returns (branch, target folder). Errors carry git codes."""
+        return git.checkout(self, repo_url, branch=branch, target_dir=target_dir, depth=depth, timeout=timeout)
+
+    # --- sessions: persistent shells ---
+
+    def create_session(self, session_id: str | None = None, *, env: dict[str, str] | None = None, cwd: str | None = None,
+                       command_timeout: float | None = None) -> ExecutionSession:
+        """Start a persistent shell: `cd`, `export` and variables persist between its commands,
+        which run one at a time. SESSION_ALREADY_EXISTS if the id is taken."""
+        session = self.get_session("session-" + secrets.token_hex(8) if session_id is None else session_id, env=env, cwd=cwd, command_timeout=command_timeout)
+        self._call({"op": "session_create", **session._defaults()})
+        return session
+
+    def get_session(self, session_id: str, *, env: dict[str, str] | None = None, cwd: str | None = None,
+                    command_timeout: float | None = None) -> ExecutionSession:
+        """A handle on session `session_id`; its shell starts, with these settings, at its first command if it has none yet."""
+        check_session_id(session_id)
+        workdir = self._path(cwd) if cwd is not None else DEFAULT_CWD
+        return ExecutionSession(self, session_id, self._environment(env), workdir,
+                                self._timeout(command_timeout) if command_timeout is not None else None)
+
+    def list_sessions(self) -> list[str]:
+        reply, _ = self._call({"op": "session_list"})
+        return [str(s) for s in reply.get("sessions") or [] if isinstance(s, str)]
+
+    def delete_session(self, session_id: str) -> None:
+        """End a session's shell and everything it started; SESSION_NOT_FOUND if there is none."""
+        self._call({"op": "session_delete", "id": check_session_id(session_id)})
+
+    # --- background processes ---
+
+    def start_process(self, command: str, *, process_id: str | None = None, env: dict[str, str] | None = None,
+                      cwd: str | None = None, timeout: float | None = None) -> ProcessInfo:
+        """Start `command` (a shell string) in the background; it never blocks other calls.
+
+        Its output is kept (the last MiB) for `get_process_logs` and `stream_process_logs`;
+        `timeout` (seconds) kills it, none by default. A running process keeps the sandbox awake.
+        """
+        return self._start_process(command, process_id, self._environment(env), cwd, timeout, None)
+
+    def _start_process(self, command: str, process_id: str | None, env: dict[str, str], cwd: str | None,
+                       timeout: float | None, session: str | None) -> ProcessInfo:
+        if not isinstance(command, str) or not command.strip() or "\x00" in command:
+            raise ValidationError("command must be a non-empty string without NUL bytes")
+        process_id = check_process_id(process_id) if process_id is not None else "proc-" + secrets.token_hex(8)
+        workdir = self._path(cwd) if cwd is not None else self.cwd
+        request = {"op": "process_start", "id": process_id, "command": command, "env": {**env, "PWD": workdir}, "cwd": workdir,
+                   "cwd_given": cwd is not None, "timeout": self._timeout(timeout) if timeout is not None else 0.0,
+                   "log_limit": PROCESS_LOG_BYTES, "session": session}
+        reply, _ = self._call(request)
+        return _process_info(reply.get("process"))
+
+    def list_processes(self, status: str | None = None) -> list[ProcessInfo]:
+        """Background processes, running and finished (the most recent 256 finished ones), optionally of one status."""
+        if status is not None and status not in PROCESS_STATUSES:
+            raise ValidationError(f"unknown process status {status!r} (known: {', '.join(PROCESS_STATUSES)})")
+        reply, _ = self._call({"op": "process_list"})
+        items = [_process_info(raw) for raw in reply.get("processes") or []]
+        return [p for p in items if status is None or p.status == status]
+
+    def get_process(self, process_id: str) -> ProcessInfo:
+        reply, _ = self._call({"op": "process_get", "id": check_process_id(process_id)})
+        return _process_info(reply.get("process"))
+
+    def kill_process(self, process_id: str) -> ProcessInfo:
+        """Kill the process and its whole tree: SIGTERM, then SIGKILL for what is left after 5 s."""
+        reply, _ = self._call({"op": "process_kill", "id": check_process_id(process_id)})
+        return _process_info(reply.get("process"))
+
+    def kill_all_processes(self) -> int:
+        """Kill every running background process (each with its tree); returns how many there were."""
+        reply, _ = self._call({"op": "process_kill_all"})
+        return _number(reply, "count", int)
+
+    def get_process_logs(self, process_id: str) -> ProcessLogs:
+        reply, data = self._call({"op": "process_logs", "id": check_process_id(process_id)}, max_payload=4 * PROCESS_LOG_BYTES)
+        split = min(max(_number(reply, "stdout_bytes", int), 0), len(data))
+        return ProcessLogs(process_id=process_id, stdout=data[:split].decode("utf-8", "replace"),
+                           stderr=data[split:].decode("utf-8", "replace"))
+
+    def stream_process_logs(self, process_id: str) -> Stream[ProcessEvent]:
+        """Output as it comes, what was written before replayed first, then one `exit` event."""
+        request = {"op": "process_stream", "id": check_process_id(process_id)}
+        cancel = Cancel()
+        frames = self._manager.client(self.name).exchange(request, max_payload=1 << 20, timeout=None, cancel=cancel)
+
+        def generate() -> Iterator[ProcessEvent]:
+            decoders = {1: codecs.getincrementaldecoder("utf-8")("replace"), 2: codecs.getincrementaldecoder("utf-8")("replace")}
+            for reply, chunk in frames:
+                kind = reply.get("ev")
+                if kind == "out" and reply.get("fd") in (1, 2):
+                    text = decoders[reply["fd"]].decode(chunk)
+                    if text:
+                        yield ProcessEvent("stdout" if reply["fd"] == 1 else "stderr", data=text)
+                elif kind == "exit":
+                    yield ProcessEvent("exit", process=_process_info(reply.get("process")))
+
+        return Stream(generate(), cancel)
+
     # --- lifecycle ---
 
     def ping(self) -> str:
@@ -304,6 +527,60 @@ class Sandbox:
         self._manager.destroy(self.name)
 
 
+class ExecutionSession(Sandbox):
+    """A persistent shell in a sandbox, after Cloudflare's ExecutionSession.
+
+    `cd`, `export` and shell variables persist between its commands, which run one at a
+    time in order; relative paths resolve against the shell's current folder. A command
+    that ends the shell (`exit 3`) raises SESSION_TERMINATED; the next one gets a fresh shell.
+    Files, sessions and processes are the sandbox's own, shared with every session.
+    """
+
+    def __init__(self, sandbox: Sandbox, session_id: str, env: dict[str, str], cwd: str, command_timeout: float | None):
+        super().__init__(sandbox._manager, sandbox._record, cwd)
+        self.id = session_id
+        self.env = env
+        self.command_timeout = command_timeout
+
+    def __repr__(self) -> str:
+        return f"ExecutionSession({self.name!r}, id={self.id!r})"
+
+    def _defaults(self) -> dict[str, Any]:
+        return {"id": self.id, "env": {**self.env, "PWD": self.cwd}, "cwd": self.cwd}
+
+    def _path(self, path: str) -> str:
+        if isinstance(path, str) and path.startswith("/"):
+            return resolve_path(path, self.cwd)
+        reply, _ = self._call({"op": "session_cwd", "id": self.id})
+        current = reply.get("cwd")
+        return resolve_path(path, current if isinstance(current, str) and current.startswith("/") else self.cwd)
+
+    def exec(self, command: str, args: list[str] | None = None, *, stream: bool = False, env: dict[str, str] | None = None,
+             cwd: str | None = None, timeout: float | None = None, stdin: str | bytes | None = None) -> Any:
+        """Run a command in this shell, after its earlier ones. `env` and `cwd` apply to this command only."""
+        if stdin is not None:
+            raise ValidationError("a session command reads no stdin; use Sandbox.exec for that")
+        if not isinstance(command, str) or not command.strip() or "\x00" in command:
+            raise ValidationError("command must be a non-empty string without NUL bytes")
+        if args is not None:
+            if not isinstance(args, (list, tuple)) or not all(isinstance(a, str) and "\x00" not in a for a in args):
+                raise ValidationError("args must be a list of strings without NUL bytes")
+            text = shlex.join([command, *args])
+        else:
+            text = command
+        extra = self._environment(env, base={}) if env else {}
+        request = {"op": "session_exec", **{"id": self.id}, "command": text, "env": extra,
+                   "cwd": self._path(cwd) if cwd is not None else None,
+                   "timeout": self._timeout(timeout if timeout is not None else self.command_timeout),
+                   "output_limit": self._record.limits.output_bytes, "defaults": self._defaults()}
+        return self._run_exec(request, b"", command, args, stream)
+
+    def start_process(self, command: str, *, process_id: str | None = None, env: dict[str, str] | None = None,
+                      cwd: str | None = None, timeout: float | None = None) -> ProcessInfo:
+        """A background process started in this session's current folder, with its environment."""
+        return self._start_process(command, process_id, self._environment(env, base=self.env), cwd, timeout, self.id)
+
+
 class AsyncSandbox:
     """The same API for asyncio; each call runs the one sync implementation in a worker thread."""
 
@@ -319,8 +596,44 @@ class AsyncSandbox:
 
     async def exec(self, command: str, args: list[str] | None = None, *, stream: bool = False, **options: Any) -> Any:
         if stream:
-            return _aiter_in_thread(iter(self.sync.exec(command, args, stream=True, **options)))
+            return _aiter_in_thread(await self._run(self.sync.exec, command, args, stream=True, **options))
         return await self._run(self.sync.exec, command, args, **options)
+
+    async def create_session(self, session_id: str | None = None, **options: Any) -> AsyncSandbox:
+        return AsyncSandbox(await self._run(self.sync.create_session, session_id, **options))
+
+    def get_session(self, session_id: str, **options: Any) -> AsyncSandbox:
+        return AsyncSandbox(self.sync.get_session(session_id, **options))
+
+    async def git_checkout(self, repo_url: str, **options: Any) -> tuple[str, str]:
+        return await self._run(self.sync.git_checkout, repo_url, **options)
+
+    async def list_sessions(self) -> list[str]:
+        return await self._run(self.sync.list_sessions)
+
+    async def delete_session(self, session_id: str) -> None:
+        await self._run(self.sync.delete_session, session_id)
+
+    async def start_process(self, command: str, **options: Any) -> ProcessInfo:
+        return await self._run(self.sync.start_process, command, **options)
+
+    async def list_processes(self, status: str | None = None) -> list[ProcessInfo]:
+        return await self._run(self.sync.list_processes, status)
+
+    async def get_process(self, process_id: str) -> ProcessInfo:
+        return await self._run(self.sync.get_process, process_id)
+
+    async def kill_process(self, process_id: str) -> ProcessInfo:
+        return await self._run(self.sync.kill_process, process_id)
+
+    async def kill_all_processes(self) -> int:
+        return await self._run(self.sync.kill_all_processes)
+
+    async def get_process_logs(self, process_id: str) -> ProcessLogs:
+        return await self._run(self.sync.get_process_logs, process_id)
+
+    async def stream_process_logs(self, process_id: str) -> AsyncIterator[ProcessEvent]:
+        return _aiter_in_thread(await self._run(self.sync.stream_process_logs, process_id))
 
     async def write_file(self, path: str, content: str | bytes, **options: Any) -> str:
         return await self._run(self.sync.write_file, path, content, **options)
@@ -359,15 +672,21 @@ class AsyncSandbox:
         await self._run(self.sync.destroy)
 
 
-async def _aiter_in_thread(iterator: Iterator[T]) -> AsyncIterator[T]:
+async def _aiter_in_thread(stream: Stream[T]) -> AsyncIterator[T]:
+    """Iterate a blocking stream from asyncio. If the consumer stops while a thread waits
+    on the agent, the stream is cancelled (its socket shut down), so the thread ends too."""
     done = object()
+    waiting = False
     try:
         while True:
-            item = await asyncio.to_thread(next, iterator, done)
+            waiting = True
+            item = await asyncio.to_thread(next, stream, done)
+            waiting = False
             if item is done:
                 return
             yield item  # type: ignore[misc]
     finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        if waiting:
+            stream.cancel()
+        else:
+            stream.close()

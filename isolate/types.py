@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import base64
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 ExitReason = Literal["exited", "signaled", "timeout", "oom", "output_limit"]
 EventType = Literal["start", "stdout", "stderr", "complete", "error"]
 FileType = Literal["file", "directory", "symlink", "other"]
+ProcessStatus = Literal["starting", "running", "completed", "failed", "killed", "error"]
+PROCESS_STATUSES = ("starting", "running", "completed", "failed", "killed", "error")
 
 MiB = 1024 * 1024
+
+
+def now_iso() -> str:
+    """UTC time as ISO-8601 with milliseconds and a Z, as Cloudflare's API writes timestamps."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -22,7 +30,7 @@ class Limits:
     cpu_percent: int = 100  # of one core
     exec_timeout: float = 300.0  # seconds of wall time per exec
     output_bytes: int = 16 * MiB  # per stream per exec; excess is cut and the run ends as output_limit
-    disk_mb: int = 2048
+    disk_mb: int | None = 2048  # None: no quota, the layer is a plain folder on the host's disk
     open_files: int = 1024
     file_size_mb: int = 1024
 
@@ -112,3 +120,34 @@ class SandboxInfo:
     created_at: str
     disk_bytes: int
     memory_bytes: int
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A background process started with `start_process`."""
+
+    id: str
+    pid: int
+    command: str
+    status: ProcessStatus
+    start_time: str
+    end_time: str | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class ProcessLogs:
+    """What a background process wrote (its last MiB of output when it wrote more)."""
+
+    process_id: str
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class ProcessEvent:
+    """One event of `stream_process_logs`: output as it comes (earlier output replayed first), then `exit`."""
+
+    type: Literal["stdout", "stderr", "exit"]
+    data: str = ""
+    process: ProcessInfo | None = None  # set on `exit`

@@ -46,3 +46,23 @@ def resolve_path(path: object, cwd: str = "/workspace") -> str:
         if len(part.encode()) > MAX_COMPONENT_BYTES:
             raise FileSystemError(f"file name too long: {part[:40]}...", code="NAME_TOO_LONG", context={"path": path[:200]})
     return normal
+
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+
+
+def _check_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise ValidationError(f"invalid {what} id {value!r}: use 1-128 letters, digits and '_.:-', starting with a letter or digit",
+                              context={what + "Id": repr(value)[:100]})
+    return value
+
+
+def check_session_id(value: object) -> str:
+    """Session ids travel in headers and bodies; they name a shell inside the sandbox."""
+    return _check_id(value, "session")
+
+
+def check_process_id(value: object) -> str:
+    """Process ids appear in URL paths (/api/process/{id}), so they stay URL-safe."""
+    return _check_id(value, "process")

@@ -55,9 +55,11 @@ def manager(state_dir: Path) -> Iterator[SandboxManager]:
     yield manager
     for name in manager.names():
         manager.destroy(name)
+    manager.pool.drain()
     leftovers = cgroups.list_sandbox_cgroups(settings.instance)
     for name in leftovers:
         cgroups.SandboxCgroup(settings.instance, name).remove()
+    cgroups.remove_parent(settings.instance)
     assert not leftovers, f"tests left cgroups behind: {leftovers}"
 
 
@@ -91,3 +93,27 @@ def make_sandbox(manager: SandboxManager, backend: str) -> Iterator:
 @pytest.fixture
 def sandbox(make_sandbox) -> Sandbox:
     return make_sandbox()
+
+
+@pytest.fixture(scope="session")
+def worker_state_dir(manager: SandboxManager) -> Iterator[Path]:
+    """A state folder of the workers' own: a starting worker stops every jail it finds in its folder."""
+    path = Path(tempfile.mkdtemp(prefix="isolate-worker-test-", dir="/var/tmp"))
+    path.chmod(0o711)
+    yield path
+    workers_manager = SandboxManager(Settings(state_dir=path))
+    for name in workers_manager.names():
+        workers_manager.destroy(name)
+    leftovers = cgroups.list_sandbox_cgroups(workers_manager.settings.instance)
+    shutil.rmtree(path, ignore_errors=True)
+    assert not leftovers, f"worker tests left cgroups behind: {leftovers}"
+
+
+@pytest.fixture(scope="module")
+def worker(worker_state_dir: Path) -> Iterator:
+    """A running worker with a token, shared by a module's tests."""
+    from tests.workers import Worker
+
+    running = Worker(worker_state_dir).start()
+    yield running
+    running.stop()

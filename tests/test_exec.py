@@ -57,7 +57,7 @@ def test_host_environment_never_reaches_the_sandbox(sandbox, monkeypatch):
     monkeypatch.setenv("ISOLATE_HOST_SECRET", "s3cr3t-host-value")
     result = sandbox.exec("env; cat /proc/1/environ | tr '\\0' '\\n'")
     assert "s3cr3t-host-value" not in result.stdout
-    assert "ISOLATE_AGENT_SOURCE" not in sandbox.exec("env").stdout
+    assert "ISOLATE_AGENT" not in sandbox.exec("env").stdout
 
 
 def test_missing_cwd_is_a_file_not_found_error(sandbox):

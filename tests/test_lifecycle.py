@@ -35,7 +35,7 @@ def test_files_survive_a_stop_and_the_next_call_wakes_it(sandbox, manager):
     sandbox.exec("sleep 60 & echo started")
     sandbox.stop()
     assert not manager.is_running(sandbox.name)
-    assert cgroups.SandboxCgroup(manager.settings.instance, sandbox.name).pids() == []
+    assert manager.cgroup(sandbox._record).pids() == []
     assert sandbox.read_file("/workspace/f").content == "kept"
     assert "sleep 60" not in sandbox.exec("ps", ["-eo", "args"]).stdout
 
@@ -69,10 +69,11 @@ def test_destroy_leaves_nothing_behind(manager, state_dir):
     sandbox = Sandbox(manager, manager.open(name))
     sandbox.exec("sleep 60 & echo started")
     uid = sandbox._record.uid
+    group = manager.cgroup(sandbox._record).name
     sandbox.destroy()
     assert not (state_dir / "sandboxes" / name).exists()
     assert not (state_dir / "run" / name).exists()
-    assert name not in cgroups.list_sandbox_cgroups(manager.settings.instance)
+    assert group not in cgroups.list_sandbox_cgroups(manager.settings.instance)
     host = subprocess.run(["ps", "-eo", "uid=,stat="], capture_output=True, text=True).stdout.splitlines()
     live = [line for line in host if line.split()[0] == str(uid) and not line.split()[1].startswith("Z")]
     assert live == []  # (an exited process may linger as a zombie until its parent reaps it)
@@ -88,11 +89,12 @@ def test_cli_exec_persists_across_processes_and_rm_cleans_up(manager, state_dir)
     read = cli(state_dir, "exec", name, "--", "cat", "/workspace/f")
     assert (read.returncode, read.stdout) == (0, "hi\n")
     assert cli(state_dir, "exec", name, "--", "sh", "-c", "exit 7").returncode == 7
+    group = manager.cgroup(manager.load(name)).name
     listing = cli(state_dir, "ls")
     assert name in listing.stdout and "running" in listing.stdout
     assert cli(state_dir, "rm", name).returncode == 0
     assert not (state_dir / "sandboxes" / name).exists()
-    assert name not in cgroups.list_sandbox_cgroups(manager.settings.instance)
+    assert group not in cgroups.list_sandbox_cgroups(manager.settings.instance)
 
 
 def test_cli_run_is_throwaway(manager, state_dir):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from isolate import Limits
+import pytest
+
+from isolate import FileSystemError, Limits
 
 
 def test_memory_hog_ends_with_reason_oom(make_sandbox):
@@ -38,3 +40,21 @@ def test_file_size_limit(make_sandbox):
 def test_open_files_limit(make_sandbox):
     sandbox = make_sandbox(limits=Limits(open_files=64))
     assert sandbox.exec("ulimit -n").stdout.strip() == "64"
+
+
+def test_disk_quota_stops_writes_with_no_space_and_keeps_the_sandbox(make_sandbox):
+    sandbox = make_sandbox(limits=Limits(disk_mb=32))
+    result = sandbox.exec("head -c 64M /dev/zero > /workspace/fill")
+    assert result.exit_code != 0 and "No space left" in result.stderr
+    with pytest.raises(FileSystemError) as caught:
+        sandbox.write_file("/workspace/more", b"x" * (40 << 20))
+    assert caught.value.code == "NO_SPACE"
+    sandbox.exec("rm /workspace/fill")
+    sandbox.write_file("/workspace/small", "fits")
+    assert sandbox.read_file("/workspace/small").content == "fits"
+
+
+def test_without_a_quota_the_layer_is_a_plain_folder(make_sandbox, manager):
+    sandbox = make_sandbox(limits=Limits(disk_mb=None))
+    sandbox.write_file("/workspace/f", "plain")
+    assert (manager.sandbox_dir(sandbox.name) / "upper" / "workspace" / "f").read_text() == "plain"

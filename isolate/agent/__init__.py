@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import marshal
+import sys
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,9 +19,19 @@ def agent_source() -> str:
 
 
 SOURCE_VARIABLE = "ISOLATE_AGENT_SOURCE"
-# The source travels in an environment variable (nothing to mount, and `ps` inside stays readable);
-# the agent removes it from the environment its commands inherit.
-BOOTSTRAP = f"import os;exec(compile(os.environ.pop({SOURCE_VARIABLE!r}),'isolate-agent','exec'))"
+CODE_VARIABLE = "ISOLATE_AGENT_CODE"
+CODE_PART_CHARS = 120_000  # one environment string may not pass 128 KiB (MAX_ARG_STRLEN): the bytecode travels in parts
+# The agent travels in environment variables (nothing to mount, and `ps` inside stays readable),
+# which it removes from the environment its commands inherit. Compiling its source costs ~7 ms
+# of every cold start, so it also travels as bytecode, used when the sandbox's Python has the
+# same version as this one (the host image's does) and the source otherwise.
+BOOTSTRAP = (
+    "import os,sys,marshal;e=os.environ;"
+    f"c=''.join(e.pop({CODE_VARIABLE!r}+str(i)) for i in range(int(e.pop({CODE_VARIABLE!r}+'_PARTS'))));"
+    f"s=e.pop({SOURCE_VARIABLE!r});"
+    f"exec(marshal.loads(bytes.fromhex(c)) if sys.version_info[:2]=={tuple(sys.version_info[:2])!r} "
+    "else compile(s,'isolate-agent','exec'))"
+)
 
 
 def agent_argv(listen_fd: int, idle_timeout: float) -> list[str]:
@@ -27,5 +39,9 @@ def agent_argv(listen_fd: int, idle_timeout: float) -> list[str]:
     return [AGENT_PYTHON, "-I", "-S", "-c", BOOTSTRAP, str(listen_fd), str(idle_timeout)]
 
 
+@lru_cache(maxsize=1)
 def agent_environment() -> dict[str, str]:
-    return {SOURCE_VARIABLE: agent_source()}
+    source = agent_source()
+    code = marshal.dumps(compile(source, "isolate-agent", "exec")).hex()
+    parts = [code[i:i + CODE_PART_CHARS] for i in range(0, len(code), CODE_PART_CHARS)]
+    return {SOURCE_VARIABLE: source, CODE_VARIABLE + "_PARTS": str(len(parts)), **{f"{CODE_VARIABLE}{i}": p for i, p in enumerate(parts)}}

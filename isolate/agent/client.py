@@ -6,6 +6,7 @@ agent over, so frames are size-capped and fields type-checked before use.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import threading
@@ -55,6 +56,36 @@ class AgentConnection:
         self.sock.close()
 
 
+class Cancel:
+    """Lets another thread end a call blocked reading the agent (its caller went away).
+
+    Shutting the socket down makes the blocked read return at once; the agent sees the
+    host gone and stops the command, as when a stream is closed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.cancelled = False
+
+    def attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if sock is not None and self.cancelled:
+                _shutdown(sock)
+
+    def __call__(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 class AgentClient:
     """Talks to the agent listening at `socket_path`; calls `start` when nothing listens there."""
 
@@ -92,16 +123,18 @@ class AgentClient:
             self.idle.append(conn)
 
     def exchange(self, message: dict[str, Any], payload: bytes = b"", *, max_payload: int = 1 << 20,
-                 timeout: float | None = REPLY_TIMEOUT) -> Iterator[tuple[dict[str, Any], bytes]]:
+                 timeout: float | None = REPLY_TIMEOUT, cancel: Cancel | None = None) -> Iterator[tuple[dict[str, Any], bytes]]:
         """Send one request and yield its answer frames until one is final (no `ev`, or `ev: exit`).
 
         A pooled connection may have died with an idle agent; the request is then sent
         again on a fresh one, which is safe because nothing was answered.
         """
         deadline = time.monotonic() + timeout if timeout is not None else None
+        cancel = cancel or Cancel()
         while True:
             conn, pooled = self._checkout(timeout)
             answered = False
+            cancel.attach(conn.sock)
             try:
                 conn.send(message, payload, deadline)
                 while True:
@@ -111,6 +144,7 @@ class AgentClient:
                     if not final:
                         yield reply, data
                         continue
+                    cancel.attach(None)
                     if reply.get("ok") is False:
                         self._checkin(conn)
                         conn = None  # type: ignore[assignment]
@@ -121,17 +155,22 @@ class AgentClient:
                     return
             except IsolateError:
                 raise
-            except STALE_ERRORS as exc:
+            except TimeoutError:
+                raise SandboxError("sandbox agent did not answer in time") from None
+            except (EOFError, OSError) as exc:
+                if cancel.cancelled:
+                    raise SandboxError("the call was cancelled") from None
+                if not isinstance(exc, STALE_ERRORS):
+                    raise
                 if answered:
                     raise SandboxError(f"sandbox agent went away mid-answer: {exc}") from None
                 if not pooled:
                     raise SandboxError(f"sandbox agent is not answering: {self.describe_failure()}") from None
                 self.close()  # the agent behind every pooled connection is gone; retry on a fresh one
-            except TimeoutError:
-                raise SandboxError("sandbox agent did not answer in time") from None
             except ProtocolError as exc:
                 raise SandboxError(f"sandbox agent sent a malformed answer: {exc}") from None
             finally:
+                cancel.attach(None)
                 if conn is not None:
                     conn.close()
 

@@ -27,6 +27,9 @@ LINGER_AFTER_EXIT = 0.25  # seconds to drain pipes still held open by a command'
 MAX_LIST_ENTRIES = 100000
 MAX_LIST_BYTES = MAX_JSON_BYTES - 65536  # the host refuses larger answers: stop and say truncated
 EXIT_RECORD_TTL = 60.0
+STOP_GRACE = 1.0  # seconds between stopping a timed-out session command's children and ending its shell
+KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a background process is killed
+MAX_FINISHED_PROCESSES = 256
 
 ERRNO_CODES = {
     errno.ENOENT: "FILE_NOT_FOUND",
@@ -60,6 +63,14 @@ def os_error(exc, path):
     return AgentError(code, "%s: %s" % (os.strerror(exc.errno or 0), path))
 
 
+def must_exist(path):
+    """The path itself (a symlink counts, dangling or not), or the error a caller should see."""
+    try:
+        os.lstat(path)
+    except OSError as exc:
+        raise os_error(exc, path) from None
+
+
 class SpawnError(Exception):
     def __init__(self, err, stage):
         Exception.__init__(self, err, stage)
@@ -76,7 +87,10 @@ class Agent:
         self.active = 0
         self.last_activity = time.monotonic()
         self.exits = {}  # pid -> (wait status, rusage, when reaped)
+        self.watchers = {}  # pid -> callback(status, rusage): long-lived children (shells, background processes)
         self.wakers = set()
+        self.sessions = {}  # id -> Session
+        self.processes = ProcessTable(self)
         self.child_started = _thread.allocate_lock()
         self.child_started.acquire()
         self.ops = {
@@ -90,6 +104,18 @@ class Agent:
             "move": self.op_move,
             "list": self.op_list,
             "exists": self.op_exists,
+            "session_create": self.op_session_create,
+            "session_exec": self.op_session_exec,
+            "session_delete": self.op_session_delete,
+            "session_list": self.op_session_list,
+            "session_cwd": self.op_session_cwd,
+            "process_start": self.processes.op_start,
+            "process_list": self.processes.op_list,
+            "process_get": self.processes.op_get,
+            "process_kill": self.processes.op_kill,
+            "process_kill_all": self.processes.op_kill_all,
+            "process_logs": self.processes.op_logs,
+            "process_stream": self.processes.op_stream,
         }
 
     # --- process bookkeeping: as PID 1 the agent reaps every process in the sandbox ---
@@ -103,17 +129,31 @@ class Agent:
                 continue
             now = time.monotonic()
             with self.lock:
-                self.exits[pid] = (status, usage, now)
+                watcher = self.watchers.pop(pid, None)
+                if watcher is None:
+                    self.exits[pid] = (status, usage, now)
                 for old in [p for p, rec in self.exits.items() if now - rec[2] > EXIT_RECORD_TTL]:
                     del self.exits[old]
                 wakers = list(self.wakers)
+            if watcher is not None:
+                watcher(status, usage)
             for fd in wakers:
                 try:
                     os.write(fd, b"x")
                 except OSError:
                     pass
 
-    def spawn(self, argv, env, cwd, stdin_fd, stdout_fd, stderr_fd):
+    def watch(self, pid, callback):
+        """Have the reaper call `callback(status, rusage)` when `pid` ends (at once if it already has)."""
+        with self.lock:
+            record = self.exits.pop(pid, None)
+            if record is None:
+                self.watchers[pid] = callback
+        if record is not None:
+            callback(record[0], record[1])
+
+    def spawn(self, argv, env, cwd, stdin_fd, stdout_fd, stderr_fd, status_fd=None):
+        """Fork and exec `argv` in a session of its own; `status_fd`, if given, becomes its fd 3."""
         err_r, err_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # child: only async-signal-safe-ish os calls until exec
@@ -123,6 +163,10 @@ class Agent:
                 os.dup2(stdin_fd, 0)
                 os.dup2(stdout_fd, 1)
                 os.dup2(stderr_fd, 2)
+                if status_fd == 3:
+                    os.set_inheritable(3, True)
+                elif status_fd is not None:
+                    os.dup2(status_fd, 3)
                 _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
                 _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
                 os.chdir(cwd)
@@ -167,8 +211,10 @@ class Agent:
                 os._exit(0)  # as PID 1, this ends every process in the sandbox; files stay
 
     def is_idle(self):
+        """No call under way, none for `idle_timeout`, and no background process running."""
         with self.lock:
-            return self.active == 0 and time.monotonic() - self.last_activity > self.idle_timeout
+            quiet = self.active == 0 and time.monotonic() - self.last_activity > self.idle_timeout
+        return quiet and not self.processes.running()
 
     def serve_connection(self, conn):
         try:
@@ -228,6 +274,10 @@ class Agent:
                 raise AgentError("IS_DIRECTORY", "Is a directory: %s" % path)
             if not stat.S_ISREG(info.st_mode):
                 raise AgentError("FILESYSTEM_ERROR", "Not a regular file: %s" % path)
+            if request.get("offset") is not None:  # one piece of a streamed read: no size cap
+                data = os.pread(fd, limit, int(request["offset"]))
+                conn.sendall(encode_frame({"ok": True, "size": info.st_size, "mode": info.st_mode & 0o7777}, data))
+                return
             if info.st_size > limit:
                 raise AgentError("FILE_TOO_LARGE", "File too large: %s (%d bytes, limit %d)" % (path, info.st_size, limit))
             chunks, total = [], 0
@@ -305,10 +355,7 @@ class Agent:
 
     def op_rename(self, conn, request, payload):
         old, new = request["old"], request["new"]
-        try:
-            os.lstat(old)
-        except OSError as exc:
-            raise os_error(exc, old) from None
+        must_exist(old)
         try:
             os.rename(old, new)
         except OSError as exc:
@@ -317,10 +364,7 @@ class Agent:
 
     def op_move(self, conn, request, payload):
         source, destination = request["source"], request["destination"]
-        try:
-            os.lstat(source)
-        except OSError as exc:
-            raise os_error(exc, source) from None
+        must_exist(source)
         try:
             if os.path.isdir(destination) and not os.path.islink(destination):
                 destination = os.path.join(destination, os.path.basename(source))
@@ -332,6 +376,81 @@ class Agent:
 
     def op_exists(self, conn, request, payload):
         conn.sendall(encode_frame({"ok": True, "exists": os.path.lexists(request["path"])}))
+
+    def private_folder(self):
+        """Where the agent makes its FIFOs: in the jail's own /dev tmpfs, which ends with the jail."""
+        folder = "/dev/.isolate-agent"
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+        except OSError:
+            folder = "/tmp/.isolate-agent"
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:
+                pass
+        return folder
+
+    def op_session_create(self, conn, request, payload):
+        sid = str(request["id"])
+        session = Session(self, sid, dict((str(k), str(v)) for k, v in request["env"].items()), str(request["cwd"]))
+        with self.lock:
+            if sid in self.sessions:
+                raise AgentError("SESSION_ALREADY_EXISTS", "Session already exists: %s" % sid)
+            self.sessions[sid] = session
+        try:
+            with session.lock:
+                session.start()
+        except AgentError:
+            with self.lock:
+                self.sessions.pop(sid, None)
+            raise
+        conn.sendall(encode_frame({"ok": True, "id": sid, "cwd": session.cwd}))
+
+    def op_session_exec(self, conn, request, payload):
+        """Run a command in a session (made on first use from `defaults`), after the session's earlier commands."""
+        sid = str(request["id"])
+        text = str(request["command"])
+        env = dict((str(k), str(v)) for k, v in (request.get("env") or {}).items())
+        for key in env:
+            if not is_identifier(key):
+                raise AgentError("VALIDATION_FAILED", "not a shell variable name: %r" % key)
+        if env or request.get("cwd"):  # per-command settings apply to this command only: a subshell
+            prefix = "".join("export %s=%s\n" % (k, sh_quote(v)) for k, v in env.items())
+            if request.get("cwd"):
+                prefix = "cd -- %s || exit 1\n" % sh_quote(str(request["cwd"])) + prefix
+            text = "(\n%seval %s\n)" % (prefix, sh_quote(text))
+        with self.lock:
+            session = self.sessions.get(sid)
+            if session is None:
+                defaults = request["defaults"]
+                session = Session(self, sid, dict((str(k), str(v)) for k, v in defaults["env"].items()), str(defaults["cwd"]))
+                self.sessions[sid] = session
+        with session.lock:
+            if not session.alive():
+                session.close()
+                session.start()
+            SessionCommand(self, conn, session, text, float(request.get("timeout") or 0), int(request["output_limit"])).run()
+
+    def op_session_delete(self, conn, request, payload):
+        sid = str(request["id"])
+        with self.lock:
+            session = self.sessions.pop(sid, None)
+        if session is None:
+            raise AgentError("SESSION_NOT_FOUND", "Session not found: %s" % sid)
+        session.close()
+        conn.sendall(encode_frame({"ok": True}))
+
+    def op_session_list(self, conn, request, payload):
+        with self.lock:
+            ids = sorted(self.sessions)
+        conn.sendall(encode_frame({"ok": True, "sessions": ids}))
+
+    def op_session_cwd(self, conn, request, payload):
+        with self.lock:
+            session = self.sessions.get(str(request["id"]))
+        conn.sendall(encode_frame({"ok": True, "cwd": session.current_cwd() if session is not None else None}))
 
     def op_list(self, conn, request, payload):
         root = request["path"]
@@ -373,99 +492,65 @@ class Agent:
         conn.sendall(encode_frame({"ok": True, "entries": entries, "truncated": truncated}))
 
 
-class Exec:
-    """One command: started in its own session, its output relayed as it comes, bounded in time and size."""
+class Relay:
+    """Relays one command's output to the host as it comes, bounded in time and size.
 
-    def __init__(self, agent, conn, argv, env, cwd, timeout, limit, stdin_data):
+    Subclasses say when the command has ended (`ended`) and how to stop it (`stop`);
+    output still arriving after the end is drained for LINGER_AFTER_EXIT seconds, so
+    daemons that keep a pipe open never hold the answer.
+    """
+
+    def __init__(self, agent, conn, timeout, limit):
         self.agent, self.conn = agent, conn
-        self.argv, self.env, self.cwd = argv, env, cwd
-        self.timeout, self.limit, self.stdin_data = timeout, limit, stdin_data
+        self.timeout, self.limit = timeout, limit
         self.reason = None
         self.sent = {1: 0, 2: 0}
+        self.stdin_w = None
 
-    def run(self):
-        agent = self.agent
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        in_r, in_w = os.pipe() if self.stdin_data is not None else (os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), None)
-        wake_r, wake_w = os.pipe()
-        os.set_blocking(wake_w, False)
-        with agent.lock:
-            agent.wakers.add(wake_w)
-        started = time.monotonic()
-        try:
-            try:
-                pid = agent.spawn(self.argv, self.env, self.cwd, in_r, out_w, err_w)
-            except SpawnError as exc:
-                self.report_spawn_failure(exc)
-                return
-            finally:
-                for fd in (in_r, out_w, err_w):
-                    os.close(fd)
-            try:
-                self.conn.sendall(encode_frame({"ev": "start", "pid": pid}))
-                status, usage = self.pump(pid, {out_r: 1, err_r: 2}, in_w, wake_r, started)
-            except OSError:
-                kill_group(pid)  # the host is gone: the command goes with it
-                raise
-        finally:
-            with agent.lock:
-                agent.wakers.discard(wake_w)
-            for fd in (out_r, err_r, wake_r, wake_w, in_w):
-                if fd is not None:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-        result = {"ev": "exit", "wall": time.monotonic() - started, "reason": self.reason or "exited",
-                  "cpu": usage.ru_utime + usage.ru_stime, "maxrss": usage.ru_maxrss * 1024,
-                  "truncated": self.reason == "output_limit"}
-        if os.WIFSIGNALED(status):
-            result["signal"] = os.WTERMSIG(status)
-            result["exit_code"] = 128 + os.WTERMSIG(status)
-            result["reason"] = self.reason or "signaled"
-        else:
-            result["exit_code"] = os.WEXITSTATUS(status)
-        self.conn.sendall(encode_frame(result))
+    def ended(self):
+        raise NotImplementedError
 
-    def report_spawn_failure(self, exc):
-        if exc.stage == "cwd":
-            raise os_error(OSError(exc.errno, ""), self.cwd)
-        code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
-        text = "command not found" if code == 127 else os.strerror(exc.errno)
-        self.conn.sendall(encode_frame({"ev": "start", "pid": 0}))
-        self.conn.sendall(encode_frame({"ev": "out", "fd": 2}, ("%s: %s\n" % (self.argv[0], text)).encode()))
-        self.conn.sendall(encode_frame({"ev": "exit", "exit_code": code, "reason": "exited", "wall": 0.0, "cpu": 0.0, "maxrss": 0, "truncated": False}))
+    def stop(self, hard):
+        raise NotImplementedError
 
-    def pump(self, pid, outputs, in_w, wake_r, started):
+    def pump(self, outputs, started, watched, stdin_data=None):
+        """Relay `outputs` ({fd: 1 or 2}) and feed `stdin_data` to `self.stdin_w`, closing it when all is written;
+        `watched` maps other fds to handlers that return False to stop watching."""
+        in_w = self.stdin_w
         poller = select.poll()
-        for fd in outputs:
+        for fd in list(outputs) + list(watched):
             poller.register(fd, select.POLLIN)
-        poller.register(wake_r, select.POLLIN)
         host = self.conn.fileno()
-        poller.register(host, select.POLLIN)  # the host sends nothing during an exec: readable means gone
-        pending_in = memoryview(self.stdin_data) if in_w is not None else None
+        poller.register(host, select.POLLIN)  # the host sends nothing during a command: readable means gone
+        pending_in = memoryview(stdin_data) if in_w is not None else None
         if in_w is not None:
             os.set_blocking(in_w, False)
             poller.register(in_w, select.POLLOUT)
         deadline = started + self.timeout if self.timeout > 0 else None
-        exited_at = None
+        ended_at = None
+        hard_stopped = False
         while True:
             now = time.monotonic()
-            record = self.agent.exits.get(pid)
-            if record is not None and exited_at is None:
-                exited_at = now
-            if exited_at is not None and (not outputs or now - exited_at > LINGER_AFTER_EXIT):
-                break
-            if deadline is not None and now >= deadline and self.reason is None:
-                self.reason = "timeout"
-                kill_group(pid)
-            waits = [LINGER_AFTER_EXIT if exited_at is not None else 3600.0]
-            if deadline is not None and self.reason is None:
-                waits.append(max(deadline - now, 0.0))
+            if ended_at is None and self.ended():
+                ended_at = now
+            if ended_at is not None and (not outputs or now - ended_at > LINGER_AFTER_EXIT):
+                return
+            waits = [LINGER_AFTER_EXIT if ended_at is not None else 3600.0]
+            if deadline is not None and ended_at is None:
+                if now >= deadline and self.reason is None:
+                    self.reason = "timeout"
+                    self.stop(False)
+                elif now >= deadline + STOP_GRACE and self.reason == "timeout" and not hard_stopped:
+                    hard_stopped = True
+                    self.stop(True)
+                if self.reason is None:
+                    waits.append(max(deadline - now, 0.0))
+                elif self.reason == "timeout" and not hard_stopped:
+                    waits.append(max(deadline + STOP_GRACE - now, 0.0))
             for fd, _ in poller.poll(min(waits) * 1000 + 1):
-                if fd == wake_r:
-                    os.read(wake_r, 4096)
+                if fd in watched:
+                    if not watched[fd](fd):
+                        poller.unregister(fd)
                 elif fd == host:
                     raise ConnectionResetError("the host closed the connection")
                 elif fd == in_w:
@@ -476,18 +561,16 @@ class Exec:
                     if not pending_in:
                         poller.unregister(in_w)
                         os.close(in_w)
-                        in_w = None
+                        in_w = self.stdin_w = None
                 elif fd in outputs:
                     chunk = os.read(fd, CHUNK)
                     if not chunk:
                         poller.unregister(fd)
                         del outputs[fd]
                         continue
-                    self.relay(pid, outputs[fd], chunk)
-        status, usage, _ = self.agent.exits.pop(pid)
-        return status, usage
+                    self.relay(outputs[fd], chunk)
 
-    def relay(self, pid, stream, chunk):
+    def relay(self, stream, chunk):
         room = self.limit - self.sent[stream]
         if room <= 0:
             return
@@ -495,9 +578,587 @@ class Exec:
             chunk = chunk[:room]
             if self.reason is None:
                 self.reason = "output_limit"
-                kill_group(pid)
+                self.stop(False)
         self.sent[stream] += len(chunk)
         self.conn.sendall(encode_frame({"ev": "out", "fd": stream}, chunk))
+
+    def exit_frame(self, started, exit_code, signal, cpu, maxrss):
+        result = {"ev": "exit", "wall": time.monotonic() - started, "reason": self.reason or ("signaled" if signal else "exited"),
+                  "cpu": cpu, "maxrss": maxrss, "truncated": self.reason == "output_limit", "exit_code": exit_code}
+        if signal:
+            result["signal"] = signal
+        return result
+
+
+class Exec(Relay):
+    """One command: started in its own session, reported when its process ends."""
+
+    def __init__(self, agent, conn, argv, env, cwd, timeout, limit, stdin_data):
+        Relay.__init__(self, agent, conn, timeout, limit)
+        self.argv, self.env, self.cwd = argv, env, cwd
+        self.stdin_data = stdin_data
+        self.pid = 0
+
+    def ended(self):
+        return self.pid in self.agent.exits
+
+    def stop(self, hard):
+        kill_group(self.pid)
+
+    def run(self):
+        agent = self.agent
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        in_r, self.stdin_w = os.pipe() if self.stdin_data is not None else (os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC), None)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        with agent.lock:
+            agent.wakers.add(wake_w)
+        started = time.monotonic()
+        try:
+            try:
+                self.pid = agent.spawn(self.argv, self.env, self.cwd, in_r, out_w, err_w)
+            except SpawnError as exc:
+                self.report_spawn_failure(exc)
+                return
+            finally:
+                for fd in (in_r, out_w, err_w):
+                    os.close(fd)
+            try:
+                self.conn.sendall(encode_frame({"ev": "start", "pid": self.pid}))
+                self.pump({out_r: 1, err_r: 2}, started, {wake_r: drain}, self.stdin_data)
+            except OSError:
+                kill_group(self.pid)  # the host is gone: the command goes with it
+                raise
+        finally:
+            with agent.lock:
+                agent.wakers.discard(wake_w)
+            for fd in (out_r, err_r, wake_r, wake_w, self.stdin_w):
+                if fd is not None:
+                    os.close(fd)
+        status, usage, _ = agent.exits.pop(self.pid)
+        signal = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        code = 128 + signal if signal else os.WEXITSTATUS(status)
+        self.conn.sendall(encode_frame(self.exit_frame(started, code, signal, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)))
+
+    def report_spawn_failure(self, exc):
+        if exc.stage == "cwd":
+            raise os_error(OSError(exc.errno, ""), self.cwd)
+        code = 127 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 126
+        text = "command not found" if code == 127 else os.strerror(exc.errno)
+        self.conn.sendall(encode_frame({"ev": "start", "pid": 0}))
+        self.conn.sendall(encode_frame({"ev": "out", "fd": 2}, ("%s: %s\n" % (self.argv[0], text)).encode()))
+        self.conn.sendall(encode_frame({"ev": "exit", "exit_code": code, "reason": "exited", "wall": 0.0, "cpu": 0.0, "maxrss": 0, "truncated": False}))
+
+
+def drain(fd):
+    os.read(fd, 4096)
+    return True
+
+
+# --- sessions: persistent shells ---
+
+def shell_argv():
+    if os.path.exists("/bin/bash"):
+        return ["/bin/bash", "--noprofile", "--norc"]
+    return ["/bin/sh"]
+
+
+def sh_quote(text):
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def is_identifier(name):
+    return bool(name) and not name[0].isdigit() and all(c == "_" or (c.isascii() and c.isalnum()) for c in name)
+
+
+class Session:
+    """A persistent shell: `cd`, `export` and shell variables persist between its commands.
+
+    The shell reads command lines on its stdin. Each command runs as `eval` of a quoted
+    literal (so no input can break the framing), with stdin from /dev/null and stdout and
+    stderr sent to two fresh FIFOs; then the shell writes `<nonce> <status>` on fd 3, a
+    pipe only the agent reads. A command that ends the shell (`exit 3`) is reported as
+    SESSION_TERMINATED, and the next command gets a fresh shell. `lock` serializes commands.
+    """
+
+    def __init__(self, agent, sid, env, cwd):
+        self.agent, self.id, self.env, self.cwd = agent, sid, env, cwd
+        self.lock = _thread.allocate_lock()
+        self.pid = 0
+        self.control = self.status_r = None
+        self.exit_status = None
+        self.serial = 0
+
+    def alive(self):
+        return self.pid != 0 and self.exit_status is None
+
+    def start(self):
+        ctl_r, ctl_w = os.pipe()
+        st_r, st_w = os.pipe()
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            pid = self.agent.spawn(shell_argv(), self.env, self.cwd, ctl_r, null, null, st_w)
+        except SpawnError as exc:
+            os.close(ctl_w)
+            os.close(st_r)
+            if exc.stage == "cwd":
+                raise os_error(OSError(exc.errno, ""), self.cwd) from None
+            raise AgentError("COMMAND_EXECUTION_ERROR", "cannot start a shell: %s" % os.strerror(exc.errno)) from None
+        finally:
+            for fd in (ctl_r, st_w, null):
+                os.close(fd)
+        self.pid, self.control, self.status_r, self.exit_status = pid, ctl_w, st_r, None
+        self.agent.watch(pid, self.on_exit)
+
+    def on_exit(self, status, usage):
+        self.exit_status = status
+
+    def current_cwd(self):
+        if self.alive():
+            try:
+                return os.readlink("/proc/%d/cwd" % self.pid)
+            except OSError:
+                pass
+        return self.cwd
+
+    def close(self):
+        """End the shell and everything it started."""
+        if self.pid:
+            kill_tree(self.pid, 9)
+        for fd in (self.control, self.status_r):
+            if fd is not None:
+                os.close(fd)
+        self.pid, self.control, self.status_r = 0, None, None
+
+    def cpu_seconds(self):
+        """CPU time of the shell and its reaped children, from /proc (clock ticks)."""
+        try:
+            with open("/proc/%d/stat" % self.pid, "rb") as handle:
+                fields = handle.read().rpartition(b")")[2].split()
+            return sum(int(f) for f in fields[11:15]) / float(os.sysconf("SC_CLK_TCK"))
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+
+class SessionCommand(Relay):
+    def __init__(self, agent, conn, session, text, timeout, limit):
+        Relay.__init__(self, agent, conn, timeout, limit)
+        self.session, self.text = session, text
+        self.status = None
+        self.shell_gone = False
+        self.pending = b""
+        self.holders = []
+        self.nonce = ("%x%x" % (id(self), int(time.monotonic() * 1e9)))[-16:]
+
+    def ended(self):
+        return self.status is not None or self.shell_gone
+
+    def stop(self, hard):
+        if hard:
+            kill_tree(self.session.pid, 9)  # a builtin loop ignores its children's death: end the shell
+        else:
+            kill_tree(self.session.pid, 9, include_root=False)
+
+    def read_status(self, fd):
+        data = os.read(fd, 4096)
+        if not data:
+            self.shell_gone = True
+            self.release_holders()
+            return False
+        self.pending += data
+        while b"\n" in self.pending:
+            line, _, self.pending = self.pending.partition(b"\n")
+            nonce, _, code = line.decode("ascii", "replace").partition(" ")
+            if nonce == self.nonce and code.strip().isdigit():
+                self.status = int(code)
+                self.release_holders()
+        return True
+
+    def release_holders(self):
+        for fd in self.holders:
+            os.close(fd)
+        self.holders = []
+
+    def run(self):
+        session = self.session
+        folder = self.agent.private_folder()
+        session.serial += 1
+        paths = ["%s/%s-%d-%d" % (folder, session.id.encode().hex()[:32], session.serial, fd) for fd in (1, 2)]
+        readers = {}
+        started = time.monotonic()
+        cpu_before = session.cpu_seconds()
+        try:
+            for index, path in enumerate(paths):
+                os.mkfifo(path, 0o600)
+                readers[os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)] = index + 1
+                # our own writer keeps the FIFO from reading as ended before the shell opens it
+                self.holders.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+            # eval with its own redirections (a brace group confuses bash's parser after a syntax error in eval)
+            line = "eval %s </dev/null >%s 2>%s 3>&-; printf '%s %%d\\n' \"$?\" >&3\n" % (
+                sh_quote(self.text), sh_quote(paths[0]), sh_quote(paths[1]), self.nonce)
+            self.conn.sendall(encode_frame({"ev": "start", "pid": session.pid}))
+            try:
+                write_all(session.control, line.encode("utf-8", "surrogateescape"))
+            except OSError:
+                self.shell_gone = True
+            outputs = dict(readers)
+            try:
+                self.pump(outputs, started, {} if self.shell_gone else {session.status_r: self.read_status})
+            except OSError:
+                kill_tree(session.pid, 9, include_root=False)  # the host is gone: the command goes with it
+                raise
+        finally:
+            self.release_holders()
+            for fd in readers:
+                os.close(fd)
+            for path in paths:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+        if self.status is None:
+            deadline = time.monotonic() + 1.0
+            while session.exit_status is None and time.monotonic() < deadline:
+                time.sleep(0.005)  # the reaper reports the shell's exit a moment after its pipe closed
+            code = session.exit_status
+            session.close()
+            if self.reason == "timeout":
+                self.conn.sendall(encode_frame(self.exit_frame(started, 137, 9, 0.0, 0)))
+                return
+            detail = " (exit %d)" % os.WEXITSTATUS(code) if code is not None and os.WIFEXITED(code) else ""
+            raise AgentError("SESSION_TERMINATED", "session %s terminated%s; the next command starts a fresh shell" % (session.id, detail))
+        signal = self.status - 128 if 128 < self.status <= 128 + 64 else None
+        self.conn.sendall(encode_frame(self.exit_frame(started, self.status, signal, max(session.cpu_seconds() - cpu_before, 0.0), 0)))
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+# --- background processes ---
+
+class Process:
+    """A background process: its status, and the last `log_limit` bytes of its output in order."""
+
+    def __init__(self, pid_id, command, log_limit):
+        self.id, self.command, self.log_limit = pid_id, command, log_limit
+        self.pid = 0
+        self.status = "starting"
+        self.start_time = time.time()
+        self.end_time = None
+        self.exit_code = None
+        self.killed = False
+        self.deadline = None
+        self.exited_at = None
+        self.wait_status = None
+        self.outputs = {}  # fd -> 1 or 2
+        self.chunks = []  # [seq, stream, bytes], oldest first
+        self.seq = 0
+        self.log_bytes = 0
+        self.subscribers = set()
+
+    def finished(self):
+        return self.status not in ("starting", "running")
+
+    def describe(self):
+        info = {"id": self.id, "pid": self.pid, "command": self.command, "status": self.status, "startTime": self.start_time}
+        if self.end_time is not None:
+            info["endTime"] = self.end_time
+        if self.exit_code is not None:
+            info["exitCode"] = self.exit_code
+        return info
+
+    def append(self, stream, data):
+        self.seq += 1
+        self.chunks.append([self.seq, stream, data])
+        self.log_bytes += len(data)
+        drop = 0
+        while self.log_bytes > self.log_limit and drop < len(self.chunks) - 1:
+            self.log_bytes -= len(self.chunks[drop][2])
+            drop += 1
+        if drop:
+            del self.chunks[:drop]
+
+
+class ProcessTable:
+    """Background processes of a sandbox: one thread relays the output of all of them into bounded logs."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.table = {}
+        self.fds = {}  # output fd -> Process
+        self.poller = select.poll()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_w, False)
+        self.poller.register(self.wake_r, select.POLLIN)
+        self.thread_started = False
+
+    def running(self):
+        with self.agent.lock:
+            return any(not p.finished() for p in self.table.values())
+
+    def wake(self, fds):
+        for fd in fds:
+            try:
+                os.write(fd, b"x")
+            except OSError:
+                pass
+
+    def find(self, request):
+        with self.agent.lock:
+            process = self.table.get(str(request["id"]))
+        if process is None:
+            raise AgentError("PROCESS_NOT_FOUND", "Process not found: %s" % request["id"])
+        return process
+
+    def op_start(self, conn, request, payload):
+        pid_id = str(request["id"])
+        command = str(request["command"])
+        env = dict((str(k), str(v)) for k, v in request["env"].items())
+        cwd = str(request.get("cwd") or "/")
+        session = self.agent.sessions.get(request.get("session") or "")
+        if session is not None and not request.get("cwd_given"):
+            cwd = session.current_cwd()
+        process = Process(pid_id, command, int(request.get("log_limit") or 1 << 20))
+        with self.agent.lock:
+            old = self.table.get(pid_id)
+            if old is not None and not old.finished():
+                raise AgentError("RESOURCE_BUSY", "a process with id %s is already running" % pid_id)
+            self.table[pid_id] = process
+            self.forget_finished()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        null = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            process.pid = self.agent.spawn([shell_argv()[0], "-c", command], env, cwd, null, out_w, err_w)
+        except SpawnError as exc:
+            os.close(out_r)
+            os.close(err_r)
+            with self.agent.lock:
+                process.status, process.end_time = "error", time.time()
+            if exc.stage == "cwd":
+                raise os_error(OSError(exc.errno, ""), cwd) from None
+            raise AgentError("COMMAND_EXECUTION_ERROR", "cannot start: %s" % os.strerror(exc.errno)) from None
+        finally:
+            for fd in (null, out_w, err_w):
+                os.close(fd)
+        timeout = float(request.get("timeout") or 0)
+        with self.agent.lock:
+            process.status = "running"
+            process.deadline = time.monotonic() + timeout if timeout > 0 else None
+            process.outputs = {out_r: 1, err_r: 2}
+            self.fds[out_r] = self.fds[err_r] = process
+            self.poller.register(out_r, select.POLLIN)
+            self.poller.register(err_r, select.POLLIN)
+            if not self.thread_started:
+                self.thread_started = True
+                _thread.start_new_thread(self.pump_forever, ())
+        self.wake([self.wake_w])  # the pump polls the new pipes from its next round
+        self.agent.watch(process.pid, lambda status, usage: self.on_exit(process, status))
+        conn.sendall(encode_frame({"ok": True, "process": process.describe()}))
+
+    def forget_finished(self, keep=MAX_FINISHED_PROCESSES):
+        finished = [p for p in self.table.values() if p.finished()]
+        for process in finished[: max(len(finished) - keep, 0)]:
+            del self.table[process.id]
+
+    def on_exit(self, process, status):
+        with self.agent.lock:
+            process.wait_status = status
+            process.exited_at = time.monotonic()
+        self.wake([self.wake_w])
+
+    def pump_forever(self):
+        while True:
+            now = time.monotonic()
+            waits = [3600.0]
+            with self.agent.lock:
+                processes = [p for p in self.table.values() if not p.finished()]
+            for process in processes:
+                if process.exited_at is not None:
+                    if not process.outputs or now - process.exited_at > LINGER_AFTER_EXIT:
+                        self.finish(process)
+                    else:
+                        waits.append(process.exited_at + LINGER_AFTER_EXIT - now)
+                elif process.deadline is not None:
+                    if now >= process.deadline:
+                        process.deadline = None
+                        process.killed = True
+                        kill_tree(process.pid, 9)
+                    else:
+                        waits.append(process.deadline - now)
+            for fd, _ in self.poller.poll(min(waits) * 1000 + 1):
+                if fd == self.wake_r:
+                    os.read(fd, 4096)
+                    continue
+                process = self.fds.get(fd)
+                if process is None:
+                    continue
+                chunk = os.read(fd, CHUNK)
+                with self.agent.lock:
+                    if chunk:
+                        process.append(process.outputs[fd], chunk)
+                    else:
+                        self.close_output(process, fd)
+                    subscribers = list(process.subscribers)
+                self.wake(subscribers)
+
+    def close_output(self, process, fd):
+        self.poller.unregister(fd)
+        del process.outputs[fd]
+        del self.fds[fd]
+        os.close(fd)
+
+    def finish(self, process):
+        status = process.wait_status
+        with self.agent.lock:
+            for fd in list(process.outputs):
+                self.close_output(process, fd)
+            signal = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+            process.exit_code = 128 + signal if signal else os.WEXITSTATUS(status)
+            if process.killed or signal in (2, 9, 15):
+                process.status = "killed"
+            else:
+                process.status = "completed" if process.exit_code == 0 else "failed"
+            process.end_time = time.time()
+            subscribers = list(process.subscribers)
+        self.wake(subscribers)
+
+    def op_list(self, conn, request, payload):
+        with self.agent.lock:
+            items = [p.describe() for p in self.table.values()]
+        conn.sendall(encode_frame({"ok": True, "processes": items}))
+
+    def op_get(self, conn, request, payload):
+        process = self.find(request)
+        with self.agent.lock:
+            info = process.describe()
+        conn.sendall(encode_frame({"ok": True, "process": info}))
+
+    def terminate(self, processes):
+        """SIGTERM each process tree, SIGKILL what is left after KILL_GRACE seconds; wait until each is reported."""
+        for process in processes:
+            process.killed = True
+            kill_tree(process.pid, 15)
+        deadline = time.monotonic() + KILL_GRACE
+        killed = False
+        while True:
+            with self.agent.lock:
+                left = [p for p in processes if not p.finished()]
+            if not left:
+                return
+            now = time.monotonic()
+            if now >= deadline and not killed:
+                killed = True
+                for process in left:
+                    kill_tree(process.pid, 9)
+            elif now >= deadline + KILL_GRACE:
+                return
+            time.sleep(0.01)
+
+    def op_kill(self, conn, request, payload):
+        process = self.find(request)
+        if not process.finished():
+            self.terminate([process])
+        conn.sendall(encode_frame({"ok": True, "process": process.describe()}))
+
+    def op_kill_all(self, conn, request, payload):
+        with self.agent.lock:
+            running = [p for p in self.table.values() if not p.finished()]
+        self.terminate(running)
+        conn.sendall(encode_frame({"ok": True, "count": len(running)}))
+
+    def op_logs(self, conn, request, payload):
+        process = self.find(request)
+        with self.agent.lock:
+            out = b"".join(c[2] for c in process.chunks if c[1] == 1)
+            err = b"".join(c[2] for c in process.chunks if c[1] == 2)
+            info = process.describe()
+        conn.sendall(encode_frame({"ok": True, "process": info, "stdout_bytes": len(out)}, out + err))
+
+    def op_stream(self, conn, request, payload):
+        """The output so far, then output as it comes, then the exit; ends early if the host hangs up."""
+        process = self.find(request)
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        poller = select.poll()
+        poller.register(wake_r, select.POLLIN)
+        poller.register(conn.fileno(), select.POLLIN)
+        with self.agent.lock:
+            process.subscribers.add(wake_w)
+            info = process.describe()
+        seen = 0
+        try:
+            conn.sendall(encode_frame({"ev": "info", "process": info}))
+            while True:
+                with self.agent.lock:
+                    fresh = [c for c in process.chunks if c[0] > seen]
+                    done = process.finished()
+                    info = process.describe()
+                for seq, stream, data in fresh:
+                    conn.sendall(encode_frame({"ev": "out", "fd": stream}, data))
+                    seen = seq
+                if done and not fresh:
+                    conn.sendall(encode_frame({"ev": "exit", "process": info, "exit_code": info.get("exitCode")}))
+                    return
+                if fresh:
+                    continue
+                for fd, _ in poller.poll(1000):
+                    if fd == wake_r:
+                        os.read(wake_r, 4096)
+                    else:
+                        raise ConnectionResetError("the host closed the connection")
+        finally:
+            with self.agent.lock:
+                process.subscribers.discard(wake_w)
+            os.close(wake_r)
+            os.close(wake_w)
+
+
+def process_table():
+    """pid -> (ppid, session id) of every process in this pid namespace."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as handle:
+                fields = handle.read().rpartition(b")")[2].split()
+            table[int(entry)] = (int(fields[1]), int(fields[3]))
+        except (OSError, ValueError, IndexError):
+            continue
+    return table
+
+
+def tree_of(root, include_root=True):
+    """`root` and every process in its session or below it (orphans keep the session)."""
+    table = process_table()
+    found = set(p for p, (ppid, sid) in table.items() if sid == root)
+    found.add(root)
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in table.items():
+            if parent[0] in found and pid not in found:
+                found.add(pid)
+                grew = True
+    if not include_root:
+        found.discard(root)
+    found.discard(os.getpid())
+    return found
+
+
+def kill_tree(root, sig, include_root=True):
+    if root <= 1:
+        return
+    for pid in tree_of(root, include_root):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
 
 
 def kill_group(pid):

@@ -16,6 +16,7 @@ run it (the wheel's copy may sit in a private home folder).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -27,16 +28,20 @@ from ..errors import HostError
 from . import JailSpec
 
 SUPERVISOR = r"""
-uid=$1 config=$2 nsjail=$3 count=$4
-shift 4
+uid=$1 config=$2 nsjail=$3 image=$4 mountpoint=$5 count=$6
+shift 6
 while [ "$count" -gt 0 ]; do
   echo $$ > "$1" || exit 97
   shift
   count=$((count - 1))
 done
-exec setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
+if [ -n "$image" ]; then
+  mount -n -i -t ext4 -o loop,nosuid,nodev,noatime -- "$image" "$mountpoint" || exit 96
+fi
+exec /usr/bin/setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
 """
 AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
+_NEEDS_ESCAPE = re.compile(rb'[^ -~]|["\\]')
 # /proc entries that describe or steer the host kernel (Docker's masked paths, plus kernel
 # symbols and logs). A readable file is covered by an empty one, a folder by an empty
 # read-only tmpfs; what only host root may read needs nothing: the sandbox's root is not host root.
@@ -48,16 +53,8 @@ PROC_MASKS = ("kcore", "keys", "key-users", "kallsyms", "kmsg", "sched_debug", "
 
 def quote(text: str) -> str:
     """A protobuf text-format string literal."""
-    out = []
-    for byte in text.encode():
-        char = chr(byte)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif 32 <= byte < 127:
-            out.append(char)
-        else:
-            out.append(f"\\{byte:03o}")
-    return '"' + "".join(out) + '"'
+    escaped = _NEEDS_ESCAPE.sub(lambda match: b"\\%03o" % match.group()[0], text.encode())
+    return '"' + escaped.decode("ascii") + '"'
 
 
 def find_nsjail() -> tuple[Path, Path | None]:
@@ -115,6 +112,7 @@ def render_config(spec: JailSpec, devices: Path | None = None) -> str:
         'cwd: "/"',
         "time_limit: 0",
         "silent: true",
+        "keep_env: true",  # the supervisor's environment is built here, from nothing but AGENT_ENV and spec.env
         "nice_level: 0",
         "log_level: WARNING",
         f"pass_fd: {spec.listen_fd}",
@@ -159,8 +157,6 @@ def render_config(spec: JailSpec, devices: Path | None = None) -> str:
         'mount { src: "/proc/self/fd/2" dst: "/dev/stderr" is_symlink: true }',
     ]
     lines += proc_masks(f"{devices or '/dev'}/null")
-    for key, value in {**AGENT_ENV, **spec.env}.items():
-        lines.append(f"envar: {quote(f'{key}={value}')}")
     lines.append(f"seccomp_string: {quote(policy.load(spec.policy))}")
     return "\n".join(lines) + "\n"
 
@@ -196,7 +192,11 @@ class NsjailBackend:
             os.write(config_fd, render_config(spec, devices).encode())
             os.lseek(config_fd, 0, os.SEEK_SET)
             procs = spec.cgroup.procs_files()
-            argv = ["/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary), str(len(procs)), *procs, *spec.agent_argv]
+            disk = spec.rootfs.disk_image
+            # with a disk image, the supervisor gets a private mount namespace to loop-mount it in
+            prefix = ["/usr/bin/unshare", "--mount", "--propagation", "private", "--"] if disk else []
+            argv = [*prefix, "/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary),
+                    str(disk or ""), str(spec.rootfs.disk_mount or ""), str(len(procs)), *procs, *spec.agent_argv]
             with open(spec.run_dir / "jail.log", "ab") as log:
                 process = subprocess.Popen(
                     argv,
@@ -205,7 +205,7 @@ class NsjailBackend:
                     stderr=log,
                     pass_fds=(spec.listen_fd, config_fd),
                     start_new_session=True,
-                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                    env={**AGENT_ENV, **spec.env},
                 )
         finally:
             os.close(config_fd)
