@@ -12,12 +12,15 @@ from __future__ import annotations
 import contextlib
 import secrets
 import shlex
+import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import rootfs
 from ..errors import IsolateError
 from ..manager import SandboxManager
 from ..sandbox import Sandbox
@@ -61,6 +64,21 @@ class Result:
 
 
 CASES: list[Case] = []
+# Host-side scripts get the layer as `layer`: argv[1] is a disk image to loop-mount (or empty), argv[2]
+# the layer's folder (inside the image when there is one).
+LAYER_PRELUDE = """
+import atexit, os, subprocess, sys, tempfile
+from pathlib import Path
+if sys.argv[1]:
+    mountpoint = tempfile.mkdtemp(prefix="isolate-audit-layer-")
+    atexit.register(os.rmdir, mountpoint)
+    subprocess.run(["mount", "-o", "loop,nosuid,nodev", sys.argv[1], mountpoint], check=True)
+    atexit.register(subprocess.run, ["umount", mountpoint], check=True)
+    layer = Path(mountpoint) / sys.argv[2]
+else:
+    layer = Path(sys.argv[2])
+args = sys.argv[3:]
+"""
 
 
 class NotApplicable(Exception):
@@ -138,7 +156,7 @@ class Audit:
 
     def host_pids(self, sandbox: Sandbox) -> list[int]:
         """Host pids of every process in the sandbox's cgroup (the jail's supervisor included)."""
-        return self.manager.cgroup(sandbox.name).pids()
+        return self.manager.cgroup(sandbox._record).pids()
 
     def host_pid_of(self, sandbox: Sandbox, argv: list[str]) -> int:
         """The host pid of the sandbox's process running exactly `argv`."""
@@ -150,8 +168,24 @@ class Audit:
         raise LookupError(f"no process {argv} in sandbox {sandbox.name}")
 
     def sandbox_folder(self, sandbox: Sandbox) -> Path:
-        """The sandbox's host-only folder (its writable layer is `upper` inside)."""
+        """The sandbox's host-only folder (holding its writable layer, or the disk image the layer lives in)."""
         return self.manager.sandbox_dir(sandbox.name)
+
+    def in_layer(self, sandbox: Sandbox, source: str, *args: str) -> str:
+        """Run Python `source` as host root with `layer` bound to the sandbox's writable layer, as the
+        host sees it; return its output. A layer inside a disk image is reached by stopping the sandbox
+        and loop-mounting the image in a private mount namespace (no mount is left on the host)."""
+        plan = rootfs.plan(sandbox._record.image, self.manager.settings.images_dir, self.sandbox_folder(sandbox))
+        if plan.disk_image is None:
+            argv = [sys.executable, "-c", LAYER_PRELUDE + source, "", str(plan.upper), *args]
+        else:
+            self.manager.stop(sandbox.name)
+            argv = ["unshare", "--mount", "--propagation", "private", "--", sys.executable, "-c", LAYER_PRELUDE + source,
+                    str(plan.disk_image), str(plan.upper.relative_to(plan.disk_mount)), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"host-side layer script failed: {done.stderr[-300:]}")
+        return done.stdout.strip()
 
     def memo(self, key: str, compute: Callable[[], object]) -> object:
         """A value several cases share (one probe run answers many cases)."""

@@ -82,8 +82,8 @@ def test_a_case_that_raises_fails_and_the_audit_goes_on(audit: Audit) -> None:
 
 
 def test_the_host_walk_case_catches_a_walker_that_follows_symlinks(audit: Audit, monkeypatch: pytest.MonkeyPatch) -> None:
-    def naive_walk(folder: Path) -> int:  # the shape of the walk isolate had before: by path
-        total, stack = 0, [str(folder)]
+    def naive_walk(sandbox_dir: Path) -> int:  # the shape of the walk isolate had before: by path
+        total, stack = 0, [str(sandbox_dir / "upper")]
         while stack:
             try:
                 entries = list(os.scandir(stack.pop()))

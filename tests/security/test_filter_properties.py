@@ -30,7 +30,7 @@ def filters(manager: SandboxManager) -> list[seccomp.Program]:
     sandbox = Sandbox(manager, manager.open(name, backend="nsjail"))
     try:
         sandbox.exec("sleep 30.125 >/dev/null 2>&1 &")
-        pid = next(p for p in manager.cgroup(name).pids() if Path(f"/proc/{p}/cmdline").read_bytes() == b"sleep\x0030.125\x00")
+        pid = next(p for p in manager.cgroup(sandbox._record).pids() if Path(f"/proc/{p}/cmdline").read_bytes() == b"sleep\x0030.125\x00")
         try:
             return seccomp.read_filters(pid)
         finally:

@@ -5,9 +5,10 @@ not even while code inside swaps a folder for a symlink in a tight loop."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 from ...errors import IsolateError
-from ..battery import Audit, case
+from ..battery import AUDIT_LIMITS, Audit, case
 
 GROUP = "file-api"
 RACE_SECONDS = 2.0
@@ -346,7 +347,7 @@ def swap_race_read(audit: Audit) -> str:
 def swap_race_host_walk(audit: Audit) -> str:
     """The host itself walks the sandbox's layer to report disk use (`info()`); while two hundred
     folders keep flipping to symlinks to the host's / and back, the walk never leaves the layer."""
-    sandbox = audit.sandbox("race")
+    sandbox = audit.fresh(replace(AUDIT_LIMITS, disk_mb=None))  # a layer that is a plain folder: the host walks it
     audit.exec(sandbox, "mkdir -p /workspace/walk && cd /workspace/walk && for i in $(seq 200); do mkdir -p s$i; done && "
                         f"(timeout {RACE_SECONDS + 2} python3 -c \"import os\nos.chdir('/workspace/walk')\n"
                         "while True:\n for i in range(1, 201): os.rename('s%d' % i, 'h%d' % i); os.symlink('/', 's%d' % i)\n"

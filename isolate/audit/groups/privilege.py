@@ -144,15 +144,22 @@ def nested_user_namespace(audit: Audit) -> str:
     return "Operation not permitted" if "Operation not permitted" in result.stderr else f"exit {result.exit_code}: {result.stderr.strip()[:80]}"
 
 
-def _plant_in_upper(audit: Audit, source: str, name: str, mode: int, xattr: tuple[str, bytes] | None = None):
-    """As host root, put a copy of `source` in a new sandbox's /workspace (as if a host-side bug had)."""
+PLANT = """
+import shutil
+target = layer / "workspace" / args[1]
+shutil.copyfile(args[0], target)
+os.chown(target, 0, 0)
+os.chmod(target, int(args[2], 8))
+if args[3]:
+    os.setxattr(target, "security.capability", bytes.fromhex(args[3]))
+"""
+
+
+def _plant_in_upper(audit: Audit, name: str, mode: int, capabilities: bytes = b""):
+    """As host root, put a copy of `sleep` in a new sandbox's /workspace (as if a host-side bug had)."""
     sandbox = audit.fresh()
-    target = audit.sandbox_folder(sandbox) / "upper" / "workspace" / name
-    shutil.copyfile(source, target)
-    os.chown(target, 0, 0)
-    os.chmod(target, mode)
-    if xattr is not None:
-        os.setxattr(target, *xattr)
+    sandbox.ping()  # created and started once, like any sandbox in use
+    audit.in_layer(sandbox, PLANT, shutil.which("sleep") or "/usr/bin/sleep", name, oct(mode), capabilities.hex())
     return sandbox
 
 
@@ -169,7 +176,7 @@ def _privileges_of(audit: Audit, sandbox, program: str) -> str:
 def setuid_root_file(audit: Audit) -> str:
     """A setuid-root program in the writable layer (owned by host root) runs without privilege:
     its owner is not mapped, the layer is nosuid, and no_new_privs holds."""
-    sandbox = _plant_in_upper(audit, shutil.which("sleep") or "/usr/bin/sleep", "suid-sleep", 0o4755)
+    sandbox = _plant_in_upper(audit, "suid-sleep", 0o4755)
     return _privileges_of(audit, sandbox, "/workspace/suid-sleep")
 
 
@@ -178,16 +185,17 @@ def file_capabilities(audit: Audit) -> str:
     """A program carrying file capabilities (cap_sys_admin, cap_net_raw; set by host root) gains none."""
     permitted = (1 << 21) | (1 << 13)  # CAP_SYS_ADMIN, CAP_NET_RAW
     data = struct.pack("<IIIII", 0x02000000 | 0x1, permitted, 0, 0, 0)  # VFS_CAP_REVISION_2, effective
-    sandbox = _plant_in_upper(audit, shutil.which("sleep") or "/usr/bin/sleep", "cap-sleep", 0o755, ("security.capability", data))
+    sandbox = _plant_in_upper(audit, "cap-sleep", 0o755, data)
     return _privileges_of(audit, sandbox, "/workspace/cap-sleep")
 
 
 @case(GROUP, "setuid-bit-made-inside", "owned by the sandbox's uid")
 def setuid_made_inside(audit: Audit) -> str:
     """A setuid file made inside is, on the host, owned by the sandbox's unprivileged uid, never root."""
-    sandbox = audit.sandbox(GROUP)
+    sandbox = audit.fresh()
     audit.exec(sandbox, "cp /usr/bin/id /workspace/suid-id && chmod 6755 /workspace/suid-id")
-    info = (audit.sandbox_folder(sandbox) / "upper" / "workspace" / "suid-id").stat()
-    if info.st_uid == audit.host_uid(sandbox) and info.st_gid == audit.host_uid(sandbox):
+    owner = audit.in_layer(sandbox, "info = (layer / 'workspace' / 'suid-id').stat()\nprint(info.st_uid, info.st_gid, oct(info.st_mode))")
+    uid, gid, mode = owner.split()
+    if int(uid) == int(gid) == audit.host_uid(sandbox) and int(mode, 8) & 0o6000:
         return "owned by the sandbox's uid"
-    return f"owned by {info.st_uid}:{info.st_gid}"
+    return f"owned by {uid}:{gid}, mode {mode}"

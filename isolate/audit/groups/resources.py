@@ -91,6 +91,27 @@ def file_size(audit: Audit) -> str:
     return result
 
 
+SMALL_DISK = Limits(memory_mb=256, pids=128, exec_timeout=30, output_bytes=1 << 20, open_files=256, file_size_mb=64, disk_mb=16)
+
+
+@case(GROUP, "disk-fill", "ENOSPC, sandbox answers")
+def disk_fill(audit: Audit) -> str:
+    """Write 4 MiB files until something gives, in a sandbox with a 16 MiB disk: its quota, not the host's disk."""
+    sandbox = audit.fresh(SMALL_DISK)
+    source = "n = 0\nwhile n < 10000:\n    with open('/workspace/fill%d' % n, 'wb') as f: f.write(b'x' * (4 << 20))\n    n += 1"
+    seen = audit.python(sandbox, probes.ERRNO_OF, f"exec({source!r})").stdout.strip()
+    return f"{seen}, {'sandbox answers' if _answers(sandbox) else 'sandbox dead'}"
+
+
+@case(GROUP, "inode-bomb", "ENOSPC, sandbox answers")
+def inode_bomb(audit: Audit) -> str:
+    """Create empty files until something gives: the sandbox's own inode table runs out, not the host's."""
+    sandbox = audit.fresh(SMALL_DISK)
+    source = "n = 0\nwhile n < 1000000:\n    os.close(os.open('/workspace/i%d' % n, os.O_CREAT | os.O_WRONLY)); n += 1"
+    seen = audit.python(sandbox, probes.ERRNO_OF, f"exec({source!r})", timeout=60).stdout.strip()
+    return f"{seen}, {'sandbox answers' if _answers(sandbox) else 'sandbox dead'}"
+
+
 @case(GROUP, "descriptor-bomb", "EMFILE")
 def descriptor_bomb(audit: Audit) -> str:
     """Open /dev/null until something gives: the open-files limit."""
@@ -155,7 +176,7 @@ def daemon_outlives_sandbox(audit: Audit) -> str:
     sandbox = audit.fresh(SMALL)
     audit.exec(sandbox, "setsid sh -c \"trap '' HUP TERM; sleep 600\" >/dev/null 2>&1 < /dev/null & "
                         "(bomb() { bomb | bomb & }; bomb) >/dev/null 2>&1 & sleep 0.5")
-    uid, folder, cgroup = audit.host_uid(sandbox), audit.sandbox_folder(sandbox), audit.manager.cgroup(sandbox.name)
+    uid, folder, cgroup = audit.host_uid(sandbox), audit.sandbox_folder(sandbox), audit.manager.cgroup(sandbox._record)
     sandbox.destroy()
     left = []
     if _host_processes_of(audit, uid):
