@@ -89,3 +89,9 @@ def branch_is_an_option(audit: Audit) -> str:
 def ext_behind_valid_path(audit: Audit) -> str:
     """An ext:: URL with git's protocol allowance turned on through an injected `-c` argument."""
     return _checkout(audit, "-c protocol.ext.allow=always ext::sh -c touch% MARKER")
+
+
+@case(GROUP, "ssh-host-is-an-option", "refused")
+def ssh_host_is_an_option(audit: Audit) -> str:
+    """An ssh:// URL whose host is an ssh option running a command (`-oProxyCommand=...`)."""
+    return _checkout(audit, "ssh://-oProxyCommand=touch${IFS}MARKER/repository")
