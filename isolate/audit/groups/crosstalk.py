@@ -7,9 +7,10 @@ import fcntl
 import os
 import socket
 import time
+from functools import partial
 
 from .. import probes
-from ..battery import Audit, case
+from ..battery import Audit, add, case
 
 GROUP = "cross-sandbox"
 NEIGHBOUR_SLEEP = "317.5"  # a recognizable argument: the neighbour's long-lived process
@@ -77,17 +78,18 @@ IPC = {
     "sysv-message-queue": "libc('msgget', {key}, {create})",
     "sysv-semaphore": "libc('semget', {key}, 1, {create})",
 }
+
+
+def _ipc(audit: Audit, call: str) -> str:
+    key = 0x15A0 + len(call)
+    made = audit.python(audit.sandbox(GROUP), probes.ERRNO_OF, call.format(key=key, create="0o1600")).stdout.strip()
+    if made != "ok":
+        return f"could not create it: {made}"
+    return audit.python(_neighbour(audit), probes.ERRNO_OF, call.format(key=key, create=0)).stdout.strip()
+
+
 for _name, _call in IPC.items():
-
-    def _ipc(audit: Audit, call: str = _call) -> str:
-        key = 0x15A0 + len(call)
-        made = audit.python(audit.sandbox(GROUP), probes.ERRNO_OF, call.format(key=key, create="0o1600")).stdout.strip()
-        if made != "ok":
-            return f"could not create it: {made}"
-        return audit.python(_neighbour(audit), probes.ERRNO_OF, call.format(key=key, create=0)).stdout.strip()
-
-    _ipc.__doc__ = f"An object made with a fixed key in one sandbox ({_name}) is not found by that key in another."
-    case(GROUP, _name, "ENOENT")(_ipc)
+    add(GROUP, _name, "ENOENT", partial(_ipc, call=_call), f"An object made with a fixed key in one sandbox ({_name}) is not found by that key in another.")
 
 
 @case(GROUP, "posix-shared-memory", "ENOENT")
@@ -180,22 +182,13 @@ def _lock_stays_home(audit: Audit, path: str) -> str:
     return f"blocks {'the neighbour' if not neighbour else ''}{' and ' if not neighbour and not host else ''}{'the host' if not host else ''}"
 
 
-@case(GROUP, "lock-on-system-file", "the lock stays in its sandbox")
-def lock_on_system_file(audit: Audit) -> str:
-    """An exclusive lock on /usr/bin/env, a file every sandbox and the host share underneath."""
-    return _lock_stays_home(audit, "/usr/bin/env")
-
-
-@case(GROUP, "lock-on-device", "the lock stays in its sandbox")
-def lock_on_device(audit: Audit) -> str:
-    """An exclusive lock on /dev/null."""
-    return _lock_stays_home(audit, "/dev/null")
-
-
-@case(GROUP, "lock-on-image-file", "the lock stays in its sandbox")
-def lock_on_image_file(audit: Audit) -> str:
-    """An exclusive lock on /etc/passwd, a file of the shared read-only image."""
-    return _lock_stays_home(audit, "/etc/passwd")
+LOCKED_FILES = {
+    "lock-on-system-file": ("/usr/bin/env", "a file every sandbox and the host share underneath"),
+    "lock-on-device": ("/dev/null", "a device every sandbox has"),
+    "lock-on-image-file": ("/etc/passwd", "a file of the shared read-only image"),
+}
+for _name, (_path, _what) in LOCKED_FILES.items():
+    add(GROUP, _name, "the lock stays in its sandbox", partial(_lock_stays_home, path=_path), f"An exclusive lock on {_path}, {_what}.")
 
 
 @case(GROUP, "inotify-on-system-file", "no event from outside, its own seen")

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from functools import partial
 
 from ...errors import IsolateError
-from ..battery import AUDIT_LIMITS, Audit, case
+from ..battery import AUDIT_LIMITS, Audit, add, case
 
 GROUP = "file-api"
 RACE_SECONDS = 2.0
@@ -135,47 +136,36 @@ def symlink_to_file_write(audit: Audit) -> str:
     return "target unchanged" if sandbox.read_file("/etc/passwd").content == before else "target changed"
 
 
-def _landed_inside(audit: Audit, call, inside_path: str) -> str:
-    """Run a call through the link to the host canary folder; report where its effect is."""
-    sandbox = _prepared(audit)
-    outcome = _code(call)
+def _staged(sandbox, path: str) -> str:
+    sandbox.write_file(path, "x")
+    return path
+
+
+# name -> (what it attempts, the call given the sandbox and a path under the link, the path it makes under the folder)
+THROUGH_THE_LINK = {
+    "symlinked-parent-write": ("Write a marker into a folder that is a symlink to the host canary folder's path.",
+                               lambda sandbox, path: sandbox.write_file(path, "x"), "{marker}"),
+    "symlinked-parent-mkdir": ("mkdir (recursive) under a symlink to the host canary folder's path.",
+                               lambda sandbox, path: sandbox.mkdir(path, recursive=True), "{marker}-dir/x"),
+    "symlinked-parent-rename": ("Rename a file into a symlink to the host canary folder's path.",
+                                lambda sandbox, path: sandbox.rename_file(_staged(sandbox, "/workspace/to-rename"), path), "{marker}-renamed"),
+    "symlinked-parent-move": ("Move a file to a new folder under a symlink to the host canary folder's path.",
+                              lambda sandbox, path: sandbox.move_file(_staged(sandbox, "/workspace/to-move"), path), "sub/{marker}-moved"),
+}
+
+
+def _through_the_link(audit: Audit, call, relative: str) -> str:
+    """Make a call through the link to the host canary folder; report where its effect is."""
+    sandbox, relative = _prepared(audit), relative.format(marker=audit.canaries.marker)
+    outcome = _code(lambda: call(sandbox, f"/workspace/links/folder/{relative}"))
     if outcome != "ok":
         return outcome
-    return "landed inside" if audit.exec(sandbox, "test", ["-e", inside_path]).exit_code == 0 else "landed nowhere inside"
+    inside = f"{audit.canaries.folder}/{relative}"
+    return "landed inside" if audit.exec(sandbox, "test", ["-e", inside]).exit_code == 0 else "landed nowhere inside"
 
 
-@case(GROUP, "symlinked-parent-write", "landed inside")
-def symlinked_parent_write(audit: Audit) -> str:
-    """Write a marker into a folder that is a symlink to the host canary folder's path."""
-    target = f"{audit.canaries.folder}/{audit.canaries.marker}"
-    return _landed_inside(audit, lambda: _prepared(audit).write_file(f"/workspace/links/folder/{audit.canaries.marker}", "x"), target)
-
-
-@case(GROUP, "symlinked-parent-mkdir", "landed inside")
-def symlinked_parent_mkdir(audit: Audit) -> str:
-    """mkdir (recursive) under a symlink to the host canary folder's path."""
-    target = f"{audit.canaries.folder}/{audit.canaries.marker}-dir/x"
-    return _landed_inside(audit, lambda: _prepared(audit).mkdir(f"/workspace/links/folder/{audit.canaries.marker}-dir/x", recursive=True), target)
-
-
-@case(GROUP, "symlinked-parent-rename", "landed inside")
-def symlinked_parent_rename(audit: Audit) -> str:
-    """Rename a file into a symlink to the host canary folder's path."""
-    sandbox = _prepared(audit)
-    sandbox.write_file("/workspace/to-rename", "x")
-    target = f"{audit.canaries.folder}/{audit.canaries.marker}-renamed"
-    return _landed_inside(audit, lambda: sandbox.rename_file("/workspace/to-rename", f"/workspace/links/folder/{audit.canaries.marker}-renamed"),
-                          target)
-
-
-@case(GROUP, "symlinked-parent-move", "landed inside")
-def symlinked_parent_move(audit: Audit) -> str:
-    """Move a file to a new folder under a symlink to the host canary folder's path."""
-    sandbox = _prepared(audit)
-    sandbox.write_file("/workspace/to-move", "x")
-    target = f"{audit.canaries.folder}/sub/{audit.canaries.marker}-moved"
-    return _landed_inside(audit, lambda: sandbox.move_file("/workspace/to-move", f"/workspace/links/folder/sub/{audit.canaries.marker}-moved"),
-                          target)
+for _name, (_doc, _call, _relative) in THROUGH_THE_LINK.items():
+    add(GROUP, _name, "landed inside", partial(_through_the_link, call=_call, relative=_relative), _doc)
 
 
 @case(GROUP, "symlinked-parent-delete", "deleted inside only")

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 import stat
+from functools import partial
 from pathlib import Path
 
 from .. import probes
-from ..battery import Audit, case
+from ..battery import Audit, add, case
 
 GROUP = "filesystem"
 NOT_WRITABLE = ("EROFS", "EACCES", "EPERM", "ENOENT")
@@ -18,16 +19,40 @@ def _errno(audit: Audit, statement: str, key: str = GROUP) -> str:
     return audit.python(audit.sandbox(key), probes.ERRNO_OF, statement).stdout.strip()
 
 
-def _not_writable(audit: Audit, statement: str) -> str:
+# Attempts that are one Python statement inside: name -> (expected errno, statement, what it attempts).
+# "refused" stands for any errno that means the write never happened (EROFS, EACCES, EPERM, ENOENT).
+ONE_STATEMENT = {
+    "chroot-escape": ("EPERM", "fd = os.open('/', os.O_RDONLY); os.makedirs('/tmp/jail', exist_ok=True); os.chroot('/tmp/jail'); "
+                               "os.fchdir(fd); [os.chdir('..') for _ in range(64)]; os.chroot('.')",
+                      "The classic escape: chroot into a subfolder while keeping a descriptor of the old root."),
+    "agent-descriptors-from-inside": ("EACCES", "[os.open('/proc/1/fd/' + fd, os.O_RDONLY) for fd in os.listdir('/proc/1/fd')]",
+                                      "Reopen the agent's descriptors through /proc/1/fd (the agent is not dumpable)."),
+    "agent-memory-write": ("refused", "open('/proc/1/mem', 'r+b').write(b'x')", "Overwrite the agent through /proc/1/mem."),
+    "agent-memory-read": ("EACCES", "f = open('/proc/1/mem', 'rb'); f.seek(0x400000); f.read(16)",
+                          "Read the agent's memory (earlier requests, their environments) through /proc/1/mem."),
+    "runtime-binary-overwrite": ("refused", "open('/proc/1/exe', 'r+b').write(b'x')",
+                                 "Overwrite the binary behind /proc/1/exe (the runc CVE-2019-5736 pattern)."),
+    "unmask-proc": ("EPERM", "libc('umount2', b'/proc/kallsyms', 2)", "Unmount (MNT_DETACH) the empty file that covers /proc/kallsyms."),
+    "bind-mount": ("EPERM", "libc('mount', b'/proc/self/root', b'/workspace', None, 0x1000 | 0x4000, None)",
+                   "Bind-mount (MS_BIND | MS_REC) /proc/self/root over /workspace, as a mount-based escape would."),
+    "block-device-node": ("EPERM", "os.mknod('/tmp/disk', 0o60600, os.makedev(8, 0))", "Make a node for the host's first disk, to read it raw."),
+    "memory-device-node": ("EPERM", "os.mknod('/tmp/mem', 0o20600, os.makedev(1, 1))", "Make /dev/mem (1, 1) to read the host's physical memory."),
+    "proc-sys-read-only": ("EROFS", "open('/proc/sys/vm/drop_caches', 'w').write('3')", "Write a kernel tunable: /proc/sys/vm/drop_caches."),
+    "sysrq-trigger": ("refused", "open('/proc/sysrq-trigger', 'w').write('c')", "Write to /proc/sysrq-trigger (reboot or crash the host)."),
+    "system-folders-read-only": ("EROFS", "open('/usr/bin/isolate-audit-planted', 'w')",
+                                 "Plant a program in /usr/bin, which every sandbox (and the host) shares underneath."),
+    "hard-link-to-system-file": ("EXDEV", "os.link('/usr/bin/env', '/workspace/env-link')",
+                                 "Hard-link a shared system file into the writable layer, to change it from there."),
+}
+
+
+def _one_statement(audit: Audit, statement: str, expected: str) -> str:
     seen = _errno(audit, statement)
-    return "refused" if seen in NOT_WRITABLE else seen
+    return "refused" if expected == "refused" and seen in NOT_WRITABLE else seen
 
 
-@case(GROUP, "chroot-escape", "EPERM")
-def chroot_escape(audit: Audit) -> str:
-    """The classic escape: chroot into a subfolder while keeping a descriptor of the old root."""
-    return _errno(audit, "fd = os.open('/', os.O_RDONLY); os.makedirs('/tmp/jail', exist_ok=True); os.chroot('/tmp/jail'); "
-                         "os.fchdir(fd); [os.chdir('..') for _ in range(64)]; os.chroot('.')")
+for _name, (_expected, _statement, _doc) in ONE_STATEMENT.items():
+    add(GROUP, _name, _expected, partial(_one_statement, statement=_statement, expected=_expected), _doc)
 
 
 @case(GROUP, "dotdot-above-root", "stays at /")
@@ -85,30 +110,6 @@ def _ns_pid(host_pid: int) -> int:
     return 0
 
 
-@case(GROUP, "agent-descriptors-from-inside", "EACCES")
-def agent_descriptors_from_inside(audit: Audit) -> str:
-    """A command cannot reopen the agent's descriptors through /proc/1/fd (the agent is not dumpable)."""
-    return _errno(audit, "[os.open('/proc/1/fd/' + fd, os.O_RDONLY) for fd in os.listdir('/proc/1/fd')]")
-
-
-@case(GROUP, "agent-memory-write", "refused")
-def agent_memory_write(audit: Audit) -> str:
-    """Overwrite the agent through /proc/1/mem."""
-    return _not_writable(audit, "open('/proc/1/mem', 'r+b').write(b'x')")
-
-
-@case(GROUP, "agent-memory-read", "EACCES")
-def agent_memory_read(audit: Audit) -> str:
-    """Read the agent's memory (earlier requests, their environments) through /proc/1/mem."""
-    return _errno(audit, "f = open('/proc/1/mem', 'rb'); f.seek(0x400000); f.read(16)")
-
-
-@case(GROUP, "runtime-binary-overwrite", "refused")
-def runtime_binary_overwrite(audit: Audit) -> str:
-    """Overwrite the binary behind /proc/1/exe (the runc CVE-2019-5736 pattern)."""
-    return _not_writable(audit, "open('/proc/1/exe', 'r+b').write(b'x')")
-
-
 @case(GROUP, "mount-table", "only the sandbox's own mounts")
 def mount_table(audit: Audit) -> str:
     """Every mount point inside is one the sandbox is meant to have; no old root, no staging folder."""
@@ -138,30 +139,6 @@ def old_root_detached(audit: Audit) -> str:
         if not is_device:
             exposed.append(f"{fields[3]} at {fields[4]}")
     return "no host folder mounted" if not exposed else "; ".join(exposed)
-
-
-@case(GROUP, "unmask-proc", "EPERM")
-def unmask_proc(audit: Audit) -> str:
-    """Unmount the empty file that covers /proc/kallsyms."""
-    return _errno(audit, "libc('umount2', b'/proc/kallsyms', 2)")  # MNT_DETACH
-
-
-@case(GROUP, "bind-mount", "EPERM")
-def bind_mount(audit: Audit) -> str:
-    """Bind-mount /proc/self/root over /workspace, as a mount-based escape would."""
-    return _errno(audit, "libc('mount', b'/proc/self/root', b'/workspace', None, 0x1000 | 0x4000, None)")  # MS_BIND | MS_REC
-
-
-@case(GROUP, "block-device-node", "EPERM")
-def block_device_node(audit: Audit) -> str:
-    """Make a node for the host's first disk, to read it raw."""
-    return _errno(audit, "os.mknod('/tmp/disk', 0o60600, os.makedev(8, 0))")
-
-
-@case(GROUP, "memory-device-node", "EPERM")
-def memory_device_node(audit: Audit) -> str:
-    """Make /dev/mem (1, 1) to read the host's physical memory."""
-    return _errno(audit, "os.mknod('/tmp/mem', 0o20600, os.makedev(1, 1))")
 
 
 @case(GROUP, "device-list", "null zero full random urandom tty and terminals")
@@ -194,26 +171,14 @@ def sys_absent(audit: Audit) -> str:
     return audit.python(audit.sandbox(GROUP), source).stdout.strip()
 
 
-@case(GROUP, "proc-sys-read-only", "EROFS")
-def proc_sys_read_only(audit: Audit) -> str:
-    """Write a kernel tunable: /proc/sys/vm/drop_caches."""
-    return _errno(audit, "open('/proc/sys/vm/drop_caches', 'w').write('3')")
-
-
 @case(GROUP, "kernel-helper-paths", "refused")
 def kernel_helper_paths(audit: Audit) -> str:
     """Point a kernel helper at a program of the sandbox's (the kernel runs it as host root):
     core_pattern, modprobe, uevent_helper, binfmt_misc."""
     paths = ("/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe", "/sys/kernel/uevent_helper",
              "/proc/sys/fs/binfmt_misc/register")
-    seen = {_not_writable(audit, f"open({path!r}, 'w').write('|/workspace/evil')") for path in paths}
+    seen = {_one_statement(audit, f"open({path!r}, 'w').write('|/workspace/evil')", "refused") for path in paths}
     return " ".join(sorted(seen))
-
-
-@case(GROUP, "sysrq-trigger", "refused")
-def sysrq_trigger(audit: Audit) -> str:
-    """Write to /proc/sysrq-trigger (reboot or crash the host)."""
-    return _not_writable(audit, "open('/proc/sysrq-trigger', 'w').write('c')")
 
 
 @case(GROUP, "proc-kernel-entries", "empty or unreadable")
@@ -235,18 +200,6 @@ def proc_kernel_entries(audit: Audit) -> str:
         "print(' '.join(leaks) or 'empty or unreadable')"
     )
     return audit.python(audit.sandbox(GROUP), source).stdout.strip()
-
-
-@case(GROUP, "system-folders-read-only", "EROFS")
-def system_folders_read_only(audit: Audit) -> str:
-    """Plant a program in /usr/bin, which every sandbox (and the host) shares underneath."""
-    return _errno(audit, "open('/usr/bin/isolate-audit-planted', 'w')")
-
-
-@case(GROUP, "hard-link-to-system-file", "EXDEV")
-def hard_link_to_system_file(audit: Audit) -> str:
-    """Hard-link a shared system file into the writable layer, to change it from there."""
-    return _errno(audit, "os.link('/usr/bin/env', '/workspace/env-link')")
 
 
 @case(GROUP, "host-sockets", "none")

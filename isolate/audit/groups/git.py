@@ -9,8 +9,10 @@ remote host, so nothing leaves the machine.
 
 from __future__ import annotations
 
+from functools import partial
+
 from ...errors import IsolateError
-from ..battery import Audit, case
+from ..battery import Audit, add
 
 GROUP = "git"
 
@@ -19,6 +21,8 @@ def _checkout(audit: Audit, url: str, branch: str | None = None) -> str:
     """Check `url` out; "refused" when it failed and the marker it tries to create is nowhere inside."""
     sandbox = audit.sandbox(GROUP)
     marker = f"/tmp/{audit.canaries.marker}"
+    if branch is not None:
+        branch = branch.replace("MARKER", marker)
     if hasattr(sandbox, "git_checkout"):
         try:
             sandbox.git_checkout(url.replace("MARKER", marker), branch=branch, target_dir="/workspace/checkout")
@@ -49,49 +53,29 @@ def _local_repository(audit: Audit) -> str:
     return str(audit.memo("git-repository", make))
 
 
-@case(GROUP, "ext-transport", "refused")
-def ext_transport(audit: Audit) -> str:
-    """An `ext::` URL, which makes git run a command of the URL's choosing."""
-    return _checkout(audit, "ext::sh -c touch% MARKER")
+# name -> (URL, branch, what it attempts); MARKER is a path the injected command would create.
+HOSTILE_CHECKOUTS = {
+    "ext-transport": ("ext::sh -c touch% MARKER", None, "An `ext::` URL, which makes git run a command of the URL's choosing."),
+    "ext-behind-a-config-argument": ("-c protocol.ext.allow=always ext::sh -c touch% MARKER", None,
+                                     "An ext:: URL with git's protocol allowance turned on through an injected `-c` argument."),
+    "file-url-to-host-path": ("file://{folder}", None, "A file:// URL naming the host's canary folder (a host path, absent inside)."),
+    "plain-host-path": ("{folder}", None, "A bare host path as the URL."),
+    "url-is-an-option": ("--upload-pack=touch MARKER", None,
+                         "A URL starting with `-`: `--upload-pack=<command>` would run the command if read as an option."),
+    "url-is-a-config-option": ("--config=core.sshCommand=touch MARKER", None,
+                               "A URL that is git's `--config` option, setting core.sshCommand to a command."),
+    "ssh-host-is-an-option": ("ssh://-oProxyCommand=touch${IFS}MARKER/repository", None,
+                              "An ssh:// URL whose host is an ssh option running a command (`-oProxyCommand=...`)."),
+    "branch-is-an-option": ("REPOSITORY", "--upload-pack=touch MARKER", "A valid repository, with a branch name that is an option running a command."),
+}
 
 
-@case(GROUP, "file-url-to-host-path", "refused")
-def file_url_to_host_path(audit: Audit) -> str:
-    """A file:// URL naming the host's canary folder (a host path, absent inside)."""
-    return _checkout(audit, f"file://{audit.canaries.folder}")
+def _hostile_checkout(audit: Audit, url: str, branch: str | None) -> str:
+    url = url.replace("{folder}", str(audit.canaries.folder))
+    if url == "REPOSITORY":
+        url = "file://" + _local_repository(audit)
+    return _checkout(audit, url, branch)
 
 
-@case(GROUP, "plain-host-path", "refused")
-def plain_host_path(audit: Audit) -> str:
-    """A bare host path as the URL."""
-    return _checkout(audit, str(audit.canaries.folder))
-
-
-@case(GROUP, "url-is-an-option", "refused")
-def url_is_an_option(audit: Audit) -> str:
-    """A URL starting with `-`: `--upload-pack=<command>` would run the command if read as an option."""
-    return _checkout(audit, "--upload-pack=touch MARKER")
-
-
-@case(GROUP, "url-is-a-config-option", "refused")
-def url_is_a_config_option(audit: Audit) -> str:
-    """A URL that is git's `--config` option, setting core.sshCommand to a command."""
-    return _checkout(audit, "--config=core.sshCommand=touch MARKER")
-
-
-@case(GROUP, "branch-is-an-option", "refused")
-def branch_is_an_option(audit: Audit) -> str:
-    """A valid repository, with a branch name that is an option running a command."""
-    return _checkout(audit, "file://" + _local_repository(audit), branch="--upload-pack=touch MARKER")
-
-
-@case(GROUP, "ext-behind-a-valid-path", "refused")
-def ext_behind_valid_path(audit: Audit) -> str:
-    """An ext:: URL with git's protocol allowance turned on through an injected `-c` argument."""
-    return _checkout(audit, "-c protocol.ext.allow=always ext::sh -c touch% MARKER")
-
-
-@case(GROUP, "ssh-host-is-an-option", "refused")
-def ssh_host_is_an_option(audit: Audit) -> str:
-    """An ssh:// URL whose host is an ssh option running a command (`-oProxyCommand=...`)."""
-    return _checkout(audit, "ssh://-oProxyCommand=touch${IFS}MARKER/repository")
+for _name, (_url, _branch, _doc) in HOSTILE_CHECKOUTS.items():
+    add(GROUP, _name, "refused", partial(_hostile_checkout, url=_url, branch=_branch), _doc)

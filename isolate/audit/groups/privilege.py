@@ -13,10 +13,12 @@ import platform
 import shutil
 import signal
 import struct
+import subprocess
+import sys
 from functools import partial
 
 from .. import probes, seccomp
-from ..battery import Audit, add, case
+from ..battery import Audit, NotApplicable, add, case
 
 GROUP = "privilege"
 NO_CAPABILITIES = "no capabilities"
@@ -68,6 +70,8 @@ for _label, (_nr, _args, _errno) in probes.ARGUMENT_CHECKS.items():
 @case(GROUP, "syscall-i386-abi", "SIGSYS")
 def i386_abi(audit: Audit) -> str:
     """`int 0x80` from a 64-bit process (the i386 ABI, whose numbers differ) is killed by the filter."""
+    if not audit.memo("host-has-i386", lambda: subprocess.run([sys.executable, "-c", probes.I386_PROBE], capture_output=True).returncode == 0):
+        raise NotApplicable("this kernel has no i386 ABI (no IA32 emulation)")
     result = audit.python(audit.sandbox(GROUP), probes.I386_PROBE)
     seen = "SIGSYS" if result.signal == signal.SIGSYS else f"{result.reason} {result.signal or result.exit_code} {result.stdout.strip()}"
     filters = audit.memo("filters", lambda: _filters(audit))
