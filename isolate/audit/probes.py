@@ -113,6 +113,12 @@ ARGUMENT_CHECKS: dict[str, tuple[int, tuple[int, ...], str]] = {
     "socket-packet-type": (41, (2, 10, 0x0300), "EPERM"),
     "socketpair-af-packet": (53, (17, 2, 0, P), "EAFNOSUPPORT"),
     "socket-netlink-audit": (41, (16, 3, 9), "EPROTONOSUPPORT"),
+    # protocols that are kernel modules: asking for one makes the kernel run modprobe
+    "socket-sctp": (41, (2, 1, 132), "EPROTONOSUPPORT"),
+    "socket-sctp-seqpacket": (41, (10, 5, 132), "EPROTONOSUPPORT"),
+    "socket-dccp": (41, (2, 6, 33), "EPROTONOSUPPORT"),
+    "socket-l2tp-ip": (41, (2, 2, 115), "EPROTONOSUPPORT"),
+    "socket-protocol-high-bits": (41, (2, 1, (1 << 32) | 132), "EPROTONOSUPPORT"),
     "x32-getpid": (0x40000000 | 39, (), "ENOSYS"),
     "x32-mount": (0x40000000 | 165, (P, P, P, 0, P), "ENOSYS"),
     "x32-unshare": (0x40000000 | 272, (-1,), "ENOSYS"),
