@@ -22,15 +22,15 @@ from pathlib import Path
 from .errors import HostError, ValidationError
 
 HOST_IMAGE = "host"
-HOST_IMAGE_VERSION = 1
+HOST_IMAGE_VERSION = 2  # 2: the host's /etc/environment, profile and bash.bashrc no longer copied
 # Host folders shown read-only in the host image when they are real folders, not links into /usr.
 SYSTEM_FOLDERS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # What of the host's /etc a sandbox gets; nothing that names host users, secrets or services.
 ETC_COPIES = (
     "alternatives", "ssl", "ca-certificates", "ca-certificates.conf", "ld.so.cache", "ld.so.conf",
     "ld.so.conf.d", "nsswitch.conf", "mime.types", "localtime", "timezone", "os-release",
-    "debian_version", "profile", "bash.bashrc", "inputrc", "shells", "protocols", "services",
-    "python3", "python3.11", "gitconfig.d", "environment", "login.defs", "magic", "magic.mime",
+    "debian_version", "inputrc", "shells", "protocols", "services",
+    "python3", "python3.11", "gitconfig.d", "login.defs", "magic", "magic.mime",
 )
 ETC_WRITTEN = {
     "passwd": "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
@@ -38,6 +38,9 @@ ETC_WRITTEN = {
     "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\tsandbox\n",
     "hostname": "sandbox\n",
     "resolv.conf": "",
+    # written, not copied: the host's versions may set variables of the host's (proxies and their credentials)
+    "profile": 'PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"\nexport PATH\n',
+    "bash.bashrc": "[ -z \"$PS1\" ] && return\nPS1='\\u@\\h:\\w\\$ '\n",
 }
 SKELETON_FOLDERS = ("proc", "dev", "sys", "tmp", "workspace", "root", "home", "run", "var/tmp", "mnt", "opt", "srv")
 # The device nodes a sandbox gets: name -> (major, minor).

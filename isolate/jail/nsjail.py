@@ -43,12 +43,12 @@ exec /usr/bin/setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" 
 AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 _NEEDS_ESCAPE = re.compile(rb'[^ -~]|["\\]')
 # /proc entries that describe or steer the host kernel (Docker's masked paths, plus kernel
-# symbols and logs). A readable file is covered by an empty one, a folder by an empty
+# symbols and logs, the modules loaded, and the host's boot command line). A readable file is covered by an empty one, a folder by an empty
 # read-only tmpfs; what only host root may read needs nothing: the sandbox's root is not host root.
 # The rest of /proc, /proc/sys included, is mounted read-only.
 PROC_MASKS = ("kcore", "keys", "key-users", "kallsyms", "kmsg", "sched_debug", "timer_list", "timer_stats",
               "latency_stats", "interrupts", "sysrq-trigger", "kpagecount", "kpageflags", "kpagecgroup",
-              "acpi", "asound", "scsi", "driver")
+              "cmdline", "modules", "acpi", "asound", "scsi", "driver")
 
 
 def quote(text: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from pathlib import Path
 
 from .. import probes
 from ..battery import Audit, case
@@ -50,6 +51,29 @@ def hostname(audit: Audit) -> str:
     if socket.gethostname() in names and socket.gethostname() != "sandbox":
         return "the host's name"
     return " ".join(sorted(names))
+
+
+@case(GROUP, "host-boot-command-line", "empty")
+def host_boot_command_line(audit: Audit) -> str:
+    """/proc/cmdline, the host's boot command line (it can hold addresses, tokens, the host's setup), is empty inside."""
+    text = audit.exec(audit.sandbox(GROUP), "cat", ["/proc/cmdline"]).stdout
+    return "empty" if not text.strip() else f"{len(text)} bytes"
+
+
+@case(GROUP, "host-shell-setup-files", "none of the host's")
+def host_shell_setup_files(audit: Audit) -> str:
+    """/etc/environment, /etc/profile and /etc/bash.bashrc set variables for every login: the
+    sandbox has isolate's own, never the host's (which may carry proxies and their credentials)."""
+    copied = []
+    for path in ("/etc/environment", "/etc/profile", "/etc/bash.bashrc"):
+        try:
+            host = Path(path).read_text()
+        except OSError:
+            continue
+        inside = audit.exec(audit.sandbox(GROUP), "cat", [path])
+        if inside.exit_code == 0 and host.strip() and inside.stdout == host:
+            copied.append(path)
+    return "none of the host's" if not copied else " ".join(copied)
 
 
 @case(GROUP, "kernel-log", "EPERM")

@@ -39,15 +39,20 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-@case(GROUP, "fork-bomb", "timeout, contained, sandbox answers")
+@case(GROUP, "fork-bomb", "contained, sandbox answers")
 def fork_bomb(audit: Audit) -> str:
-    """The shell fork bomb: the pids limit holds it, the exec's deadline ends it, the sandbox lives."""
+    """The shell fork bomb, left running for two seconds: the pids limit holds it (counted from the
+    host while it runs), and afterwards the sandbox still answers."""
     sandbox = audit.fresh(SMALL)
-    result = audit.exec(sandbox, "bomb() { bomb | bomb & }; bomb; sleep 10", timeout=3)
-    peak = len(audit.host_pids(sandbox))
-    if peak > SMALL.pids + 2:  # the jail's supervisor and its shell sit outside the limit's count
+    audit.background(sandbox, "bomb() { bomb | bomb & }; bomb", 2)
+    peak, deadline = 0, time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        peak = max(peak, len(audit.host_pids(sandbox)))
+        time.sleep(0.05)
+    time.sleep(1.0)
+    if peak > SMALL.pids + 2:  # the jail's supervisor sits in the cgroup too
         return f"{peak} processes"
-    return f"{result.reason}, contained, {'sandbox answers' if _answers(sandbox) else 'sandbox dead'}"
+    return f"contained, {'sandbox answers' if _answers(sandbox) else 'sandbox dead'}"
 
 
 @case(GROUP, "thread-bomb", "stopped below the pids limit")
