@@ -15,6 +15,7 @@ from .config import Settings
 from .errors import (
     ExecError,
     FileSystemError,
+    GitError,
     HostError,
     InvalidNameError,
     IsolateError,
@@ -22,15 +23,27 @@ from .errors import (
     ValidationError,
 )
 from .manager import SandboxManager
-from .sandbox import AsyncSandbox, ExecStream, Sandbox
-from .types import ExecEvent, ExecResult, FileEntry, Limits, ReadFileResult, ResourceUsage, SandboxInfo
+from .net.policy import NetworkPolicy
+from .sandbox import AsyncSandbox, ExecStream, GitCheckoutStream, Sandbox
+from .types import (
+    ExecEvent,
+    ExecResult,
+    ExposedPort,
+    FileEntry,
+    GitCheckoutEvent,
+    GitCheckoutResult,
+    Limits,
+    ReadFileResult,
+    ResourceUsage,
+    SandboxInfo,
+)
 
 __version__ = "0.1.0"
 __all__ = [
-    "AsyncSandbox", "ExecError", "ExecEvent", "ExecResult", "ExecStream", "FileEntry", "FileSystemError", "HostError",
-    "InvalidNameError", "IsolateError", "Limits", "ReadFileResult", "ResourceUsage", "Sandbox", "SandboxError",
-    "SandboxInfo", "SandboxManager", "Settings", "ValidationError", "destroy_sandbox", "get_async_sandbox",
-    "get_sandbox", "list_sandboxes",
+    "AsyncSandbox", "ExecError", "ExecEvent", "ExecResult", "ExecStream", "ExposedPort", "FileEntry", "FileSystemError",
+    "GitCheckoutEvent", "GitCheckoutResult", "GitCheckoutStream", "GitError", "HostError", "InvalidNameError", "IsolateError",
+    "Limits", "NetworkPolicy", "ReadFileResult", "ResourceUsage", "Sandbox", "SandboxError", "SandboxInfo", "SandboxManager",
+    "Settings", "ValidationError", "destroy_sandbox", "get_async_sandbox", "get_sandbox", "list_sandboxes",
 ]
 
 _default: SandboxManager | None = None
@@ -47,7 +60,7 @@ def default_manager() -> SandboxManager:
 
 
 def get_sandbox(name: str, *, manager: SandboxManager | None = None, **options: Any) -> Sandbox:
-    """The sandbox called `name`, created on first use with `options` (backend, image, limits, policy, env)."""
+    """The sandbox called `name`, created on first use with `options` (backend, image, limits, policy, env, network)."""
     manager = manager or default_manager()
     return Sandbox(manager, manager.open(name, **options))
 

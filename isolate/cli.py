@@ -1,4 +1,4 @@
-"""The `isolate` command: exec, run, ls, rm, stop, read, write, cp, gc and doctor."""
+"""The `isolate` command: exec, run, ls, rm, stop, read, write, cp, network, expose, git, gc and doctor."""
 
 from __future__ import annotations
 
@@ -12,11 +12,37 @@ from datetime import UTC, datetime
 from . import doctor
 from .errors import IsolateError
 from .manager import SandboxManager
+from .net.policy import MODES, NetworkPolicy
 from .sandbox import Sandbox
 
 
-def _sandbox(manager: SandboxManager, name: str, backend: str | None = None) -> Sandbox:
-    return Sandbox(manager, manager.open(name, backend=backend))
+def _sandbox(manager: SandboxManager, name: str, backend: str | None = None, network: object = None) -> Sandbox:
+    return Sandbox(manager, manager.open(name, backend=backend, network=network))
+
+
+def _network_option(args: argparse.Namespace) -> object:
+    """--network none|open, or --allow ENTRY (repeatable) for an allowlist; None when neither was given."""
+    if args.allow:
+        if args.network not in (None, "allowlist"):
+            raise IsolateError("--allow makes an allowlist: drop --network, or use --network allowlist", code="VALIDATION_FAILED")
+        return {"allow": args.allow}
+    return {"allow": []} if args.network == "allowlist" else args.network
+
+
+def _describe(policy: NetworkPolicy) -> str:
+    return policy.mode + "".join(f"\n  allow {entry}" for entry in policy.allow)
+
+
+def _checkout(sandbox: Sandbox, args: argparse.Namespace) -> int:
+    stream = sandbox.git_checkout(args.url, branch=args.branch, target_dir=args.target, depth=args.depth, timeout=args.timeout,
+                                  stream=True, submodules=args.submodules)
+    for event in stream:
+        if event.type == "progress" and not args.quiet:
+            print(event.text, file=sys.stderr)
+    if stream.result is None:
+        return 1
+    print(f"{stream.result.target_dir} ({stream.result.branch})")
+    return 0
 
 
 def _exec(sandbox: Sandbox, argv: list[str], args: argparse.Namespace) -> int:
@@ -86,12 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="isolate", description="Named, persistent, isolated Linux sandboxes.")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    def network_options(sub: argparse.ArgumentParser, what: str) -> None:
+        sub.add_argument("--network", choices=MODES, help=f"network policy {what} (default none: only loopback)")
+        sub.add_argument("--allow", action="append", metavar="HOST[:PORT]|CIDR[:PORT]", help="allowlist entry (repeatable)")
+
     def exec_options(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("--backend", help="backend for a new sandbox (nsjail or gvisor)")
+        network_options(sub, "for a new sandbox")
         sub.add_argument("--timeout", type=float, help="seconds before the command is killed")
         sub.add_argument("--cwd", help="working directory inside the sandbox")
         sub.add_argument("-e", "--env", action="append", metavar="KEY=VALUE", help="environment variable (repeatable)")
-        sub.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+        sub.add_argument("argv", nargs="*", help="-- CMD [ARGS...]")
 
     sub = commands.add_parser("exec", help="run a command in a named sandbox (created on first use)")
     sub.add_argument("name")
@@ -112,7 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("cp", help="copy a file: NAME:PATH to a host path, or a host path to NAME:PATH")
     sub.add_argument("source")
     sub.add_argument("destination")
-    commands.add_parser("gc", help="remove what crashed runs left behind (cgroups, processes, run folders)")
+    sub = commands.add_parser("network", help="show a sandbox's network policy, or set it (applies live)")
+    sub.add_argument("name")
+    network_options(sub, "to set")
+    sub = commands.add_parser("expose", help="make a port of a sandbox reachable from the host; prints the address")
+    sub.add_argument("name")
+    sub.add_argument("port", type=int)
+    sub = commands.add_parser("unexpose", help="stop exposing a port")
+    sub.add_argument("name")
+    sub.add_argument("port", type=int)
+    sub = commands.add_parser("git", help="clone a repository into a sandbox (git runs inside, with its network)")
+    sub.add_argument("name")
+    sub.add_argument("url")
+    sub.add_argument("--branch")
+    sub.add_argument("--depth", type=int)
+    sub.add_argument("--target", help="folder inside (default /workspace/<repo name>)")
+    sub.add_argument("--timeout", type=float, help="seconds before the clone is abandoned")
+    sub.add_argument("--submodules", action="store_true", help="clone submodules too")
+    sub.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    commands.add_parser("gc", help="remove what crashed runs left behind (cgroups, processes, run folders, networks)")
     sub = commands.add_parser("serve", help="serve Cloudflare's sandbox container API over HTTP (the worker)")
     sub.add_argument("--listen", default="127.0.0.1:8080", help="HOST:PORT or unix:/path (default 127.0.0.1:8080)")
     sub.add_argument("--token-file", help="file holding the token clients send as X-Isolate-Token (else ISOLATE_TOKEN)")
@@ -129,9 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] | None = None
+    if argv[:1] in (["exec"], ["run"]) and "--" in argv:  # options may come after NAME: split at `--` first
+        command = argv[argv.index("--") + 1:]
+        argv = argv[:argv.index("--")]
     args = build_parser().parse_args(argv)
-    if getattr(args, "argv", None) and args.argv[0] == "--":
-        args.argv = args.argv[1:]
+    if command is not None:
+        args.argv = command
     manager = SandboxManager()
     try:
         return _dispatch(manager, args)
@@ -144,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(manager: SandboxManager, args: argparse.Namespace) -> int:
     if args.command == "exec":
-        return _exec(_sandbox(manager, args.name, args.backend), args.argv, args)
+        return _exec(_sandbox(manager, args.name, args.backend, _network_option(args)), args.argv, args)
     if args.command == "run":
         name = "run-" + secrets.token_hex(6)
         try:
-            return _exec(_sandbox(manager, name, args.backend), args.argv, args)
+            return _exec(_sandbox(manager, name, args.backend, _network_option(args)), args.argv, args)
         finally:
             manager.destroy(name)
     if args.command == "ls":
@@ -179,6 +233,19 @@ def _dispatch(manager: SandboxManager, args: argparse.Namespace) -> int:
     if args.command == "cp":
         _copy(manager, args.source, args.destination)
         return 0
+    if args.command == "network":
+        change = _network_option(args)
+        sandbox = _sandbox(manager, args.name)
+        print(_describe(sandbox.set_network(change) if change is not None else sandbox.network))
+        return 0
+    if args.command == "expose":
+        print(_sandbox(manager, args.name).expose_port(args.port).url)
+        return 0
+    if args.command == "unexpose":
+        _sandbox(manager, args.name).unexpose_port(args.port)
+        return 0
+    if args.command == "git":
+        return _checkout(_sandbox(manager, args.name), args)
     if args.command == "gc":
         for item in manager.clean_leftovers():
             print(f"removed {item}")

@@ -14,16 +14,21 @@ import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from .errors import IsolateError, ValidationError, error_from_code
+from .net.policy import NetworkPolicy
 from .types import (
     ExecEvent,
     ExecResult,
+    ExposedPort,
     FileEntry,
+    GitCheckoutEvent,
+    GitCheckoutResult,
     ProcessEvent,
     ProcessInfo,
     ProcessLogs,
@@ -87,14 +92,14 @@ class RemoteStream(Iterator[Any]):
     def __init__(self, events: Iterator[Any], response: httpx.Response):
         self._events, self._response = events, response
         self._lock = threading.Lock()
-        self.result: ExecResult | None = None
+        self.result: ExecResult | GitCheckoutResult | None = None
 
     def __iter__(self) -> RemoteStream:
         return self
 
     def __next__(self) -> Any:
         event = next(self._events)
-        if isinstance(event, ExecEvent) and event.result is not None:
+        if isinstance(event, (ExecEvent, GitCheckoutEvent)) and event.result is not None:
             self.result = event.result
         return event
 
@@ -216,12 +221,49 @@ class RemoteSandbox:
                           modified_at=f["modifiedAt"], mode=f["mode"], readable=f["permissions"]["readable"],
                           writable=f["permissions"]["writable"], executable=f["permissions"]["executable"]) for f in body["files"]]
 
-    def git_checkout(self, repo_url: str, *, branch: str | None = None, target_dir: str | None = None, depth: int | None = None,
-                     timeout: float | None = None) -> tuple[str, str]:
+    def git_checkout(self, repo_url: str, branch: str | None = None, target_dir: str | None = None, depth: int | None = None,
+                     timeout: float | None = None, *, stream: bool = False, submodules: bool = False) -> Any:
         body = {"repoUrl": repo_url, "branch": branch, "targetDir": target_dir, "depth": depth,
-                "timeoutMs": int(timeout * 1000) if timeout is not None else None}
-        reply = self._request("POST", "/api/git/checkout", {k: v for k, v in body.items() if v is not None})
-        return reply["branch"], reply["targetDir"]
+                "timeoutMs": int(timeout * 1000) if timeout is not None else None, "submodules": submodules or None}
+        body = {k: v for k, v in body.items() if v is not None}
+        started = time.monotonic()
+        if not stream:
+            reply = self._request("POST", "/api/git/checkout", body)
+            return GitCheckoutResult(reply["repoUrl"], reply["branch"], reply["targetDir"], time.monotonic() - started)
+        raw, response = self._sse("POST", "/api/git/checkout/stream", body)
+
+        def events() -> Iterator[GitCheckoutEvent]:
+            for event in raw:
+                kind = event.get("type")
+                if kind == "progress":
+                    yield GitCheckoutEvent("progress", phase=event.get("phase", ""), percent=event.get("percent"), text=event.get("text", ""))
+                elif kind == "complete":
+                    result = GitCheckoutResult(event["repoUrl"], event["branch"], event["targetDir"], time.monotonic() - started)
+                    yield GitCheckoutEvent("complete", result=result)
+                elif kind == "error":
+                    raise error_from_code(str(event.get("code", "INTERNAL_ERROR")), str(event.get("error")))
+
+        return RemoteStream(events(), response)
+
+    # --- network ---
+
+    @property
+    def network(self) -> NetworkPolicy:
+        return NetworkPolicy.parse(self._request("GET", "/api/sandbox/network")["network"])
+
+    def set_network(self, network: str | dict[str, Any] | NetworkPolicy) -> NetworkPolicy:
+        value = network.to_dict() if isinstance(network, NetworkPolicy) else network
+        return NetworkPolicy.parse(self._request("PUT", "/api/sandbox/network", {"network": value})["network"])
+
+    def expose_port(self, port: int) -> ExposedPort:
+        reply = self._request("POST", "/api/expose-port", {"port": port})
+        return ExposedPort(port=reply["port"], host=reply["host"], url=reply["url"])
+
+    def unexpose_port(self, port: int) -> None:
+        self._request("DELETE", f"/api/exposed-ports/{port}")
+
+    def exposed_ports(self) -> list[ExposedPort]:
+        return [ExposedPort(port=p["port"], host=p["host"], url=p["url"]) for p in self._request("GET", "/api/exposed-ports")["ports"]]
 
     # --- sessions ---
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .net.policy import system_resolver
 from .types import Limits
 
 DEFAULT_STATE_DIR = "/var/lib/isolate"
@@ -14,6 +16,9 @@ DEFAULT_IDLE_TIMEOUT = 600.0
 # Each sandbox's root maps to one host uid of its own, taken from this range.
 DEFAULT_UID_BASE = 1_500_000_000
 UID_SLOTS = 100_000
+# Sandbox addresses: one /30 each from this private pool (shared by every state folder on the host).
+DEFAULT_NETWORK_POOL = "10.213.0.0/16"
+DEFAULT_GIT_SCHEMES = ("https", "http", "git", "ssh")
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,13 @@ class Settings:
     backend: str = field(default_factory=lambda: os.environ.get("ISOLATE_BACKEND", "nsjail"))
     policy: str = "default"
     warm_pool: int = field(default_factory=lambda: int(os.environ.get("ISOLATE_WARM_POOL", "0")))
+    network_pool: str = field(default_factory=lambda: os.environ.get("ISOLATE_NETWORK_POOL", DEFAULT_NETWORK_POOL))
+    # How allowlisted host names become addresses (the host's resolver by default; tests pass their own).
+    resolver: Callable[[str], list[str]] = system_resolver
+    # Name servers an "open" sandbox uses; None: the host's own (from /etc/resolv.conf, loopback ones left out).
+    nameservers: tuple[str, ...] | None = None
+    git_schemes: tuple[str, ...] = field(
+        default_factory=lambda: tuple(os.environ.get("ISOLATE_GIT_SCHEMES", ",".join(DEFAULT_GIT_SCHEMES)).split(",")))
 
     @property
     def sandboxes_dir(self) -> Path:

@@ -84,6 +84,22 @@ def _tools() -> list[Check]:
     ]
 
 
+def _network() -> list[Check]:
+    from .config import Settings
+    from .errors import IsolateError
+    from .net import nft
+    from .net.pool import check_pool
+
+    try:  # build the whole sandbox firewall in a probe table and drop it, in one transaction
+        nft.run(nft.skeleton("isolate-doctor", check_pool(Settings().network_pool)) + "delete table inet isolate-doctor\n")
+        firewall = Check("nftables", True, "libnftables builds the sandbox firewall", required=False)
+    except IsolateError as exc:
+        firewall = Check("nftables", False, exc.message[:200], "apt-get install nftables; the kernel needs nf_tables, nft_ct, nft_nat, "
+                         "nft_masq, nft_reject_inet (needed for network egress and exposed ports)", required=False)
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip() == "1"
+    return [firewall, Check("ipv4 forwarding", True, "on" if forwarding else "off (turned on when a sandbox first gets egress)", required=False)]
+
+
 def _runsc() -> Check:
     runsc = shutil.which("runsc")
     if runsc is None:
@@ -94,7 +110,7 @@ def _runsc() -> Check:
 
 
 def run_checks() -> list[Check]:
-    return [_kernel(), _root(), _user_namespaces(), _overlayfs(), _seccomp(), _cgroups(), _nsjail(), *_tools(), _runsc()]
+    return [_kernel(), _root(), _user_namespaces(), _overlayfs(), _seccomp(), _cgroups(), _nsjail(), *_tools(), *_network(), _runsc()]
 
 
 def report(checks: list[Check]) -> tuple[str, bool]:

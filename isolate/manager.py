@@ -4,6 +4,8 @@ On disk, under the state folder (default /var/lib/isolate, never visible inside 
   sandboxes/<name>/meta.json   what the sandbox was created with (backend, uid, limits, image)
   sandboxes/<name>/upper,work  its writable layer: what persists
   run/<name>/agent.sock        where its agent listens while it runs (host-only)
+  sandboxes/<name>/net/        its /etc/hosts and /etc/resolv.conf, bound read-only into the jail
+  network/slots.json           each sandbox's /30 of the address pool (see isolate.net)
   locks/<name>.lock            serializes start and destroy across processes
 A running sandbox is a detached jail; any process that connects to its socket uses it,
 and one that finds nobody listening starts it.
@@ -18,7 +20,7 @@ import shutil
 import socket
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,9 +31,11 @@ from .agent.client import AgentClient
 from .config import UID_SLOTS, Settings
 from .errors import IsolateError, ValidationError
 from .jail import Backend, JailSpec, get_backend
+from .net.network import SandboxNetworks
+from .net.policy import NetworkPolicy
 from .pool import WarmPool, is_spare
 from .record import SandboxRecord
-from .types import Limits, SandboxInfo, now_iso
+from .types import ExposedPort, Limits, SandboxInfo, now_iso
 from .validation import check_name
 
 BACKENDS = ("nsjail",)
@@ -44,6 +48,7 @@ class SandboxManager:
         self._clients_lock = threading.Lock()
         self._prepared = False
         self.pool = WarmPool(self, self.settings.warm_pool)
+        self.networks = SandboxNetworks(self.settings)
 
     # --- paths ---
 
@@ -98,10 +103,11 @@ class SandboxManager:
             return []
 
     def open(self, name: str, *, backend: str | None = None, image: str | None = None, limits: Limits | None = None,
-             policy: str | None = None, env: dict[str, str] | None = None) -> SandboxRecord:
+             policy: str | None = None, env: dict[str, str] | None = None, network: object = None) -> SandboxRecord:
         """The record of sandbox `name`, created with these options if it does not exist yet.
 
-        Options only shape a new sandbox; an existing one keeps what it was created with.
+        Options only shape a new sandbox; an existing one keeps what it was created with
+        (its network policy can change later: `set_network`).
         """
         check_name(name)
         record = self.load(name)
@@ -115,12 +121,15 @@ class SandboxManager:
             policy=policy or self.settings.policy,
             limits=limits or self.settings.limits,
             env=dict(env or {}),
+            network=NetworkPolicy.parse(network),
         )
         self._validate(wanted)
         with self._lock(name):
             record = self.load(name)
             if record is None and self.pool.serves(wanted):
                 record = self.pool.claim(name)
+                if record is not None and record.network != wanted.network:
+                    record = self._apply_network(record, replace(record, network=wanted.network))  # live: the spare runs
             if record is None:
                 record = self._create(wanted)
         self.pool.refill_soon()
@@ -213,9 +222,12 @@ class SandboxManager:
             with contextlib.suppress(FileNotFoundError):
                 sock_path.unlink()
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
+            # the network namespace is held open until the jail is in it, then it lives as long as the jail
+            with contextlib.ExitStack() as stack:
+                stack.callback(listener.close)  # the jail holds it now; if the jail dies, connecting fails at once
                 listener.bind(str(sock_path))
                 listener.listen(128)
+                network = stack.enter_context(self.networks.attached(record, self.sandbox_dir(name), run_dir))
                 spec = JailSpec(
                     name=name,
                     uid=record.uid,
@@ -227,11 +239,11 @@ class SandboxManager:
                     agent_argv=agent_argv(listener.fileno(), self.settings.idle_timeout),
                     policy=record.policy,
                     env={**record.env, **agent_environment()},
+                    netns=network.netns,
+                    files=network.files,
                 )
                 pid = backend.start(spec)
                 (run_dir / "pid").write_text(str(pid))
-            finally:
-                listener.close()  # the jail holds it now; if the jail dies, connecting fails at once
 
     def backend(self, name: str) -> Backend:
         return get_backend(name, self.settings.libexec_dir)
@@ -252,6 +264,7 @@ class SandboxManager:
             if record is not None:
                 self.cgroup(record).kill()
                 self.backend(record.backend).cleanup(name, self.run_dir(name))
+                self.networks.release(record)
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path(name).unlink()
 
@@ -266,6 +279,7 @@ class SandboxManager:
             if record is not None:
                 self.cgroup(record).remove()
                 self.backend(record.backend).cleanup(name, self.run_dir(name))
+                self.networks.forget(record)
             shutil.rmtree(self.run_dir(name), ignore_errors=True)
             shutil.rmtree(self.sandbox_dir(name), ignore_errors=True)
             if record is not None:
@@ -317,6 +331,12 @@ class SandboxManager:
             if not self.is_running(name) and self.cgroup(record).pids():
                 self.stop(name)
                 removed.append(f"processes:{name}")
+        for name, record in records.items():
+            if not self.is_running(name):
+                with self._lock(name):  # a start under way in another process holds it
+                    if not self.is_running(name) and self.networks.release(record):
+                        removed.append(f"network:{name}")
+        removed += self.networks.clean_leftovers(list(records.values()))
         if self.settings.uids_dir.is_dir():
             for marker in self.settings.uids_dir.iterdir():
                 if os.readlink(marker) not in known:
@@ -328,3 +348,48 @@ class SandboxManager:
                     shutil.rmtree(folder, ignore_errors=True)  # a creation that never finished
                     removed.append(f"sandbox:{folder.name}")
         return removed
+
+    # --- network ---
+
+    def _apply_network(self, record: SandboxRecord, updated: SandboxRecord) -> SandboxRecord:
+        """Apply changed network settings live if the sandbox runs, then keep them (the caller holds the lock)."""
+        sandbox_dir, run_dir, members = self.sandbox_dir(record.name), self.run_dir(record.name), self.cgroup(record).pids()
+        try:
+            self.networks.update(updated, sandbox_dir, run_dir, members)
+        except BaseException:
+            self.networks.update(record, sandbox_dir, run_dir, members)
+            raise
+        self.save(updated)
+        return updated
+
+    def _change_network(self, name: str, change: Callable[[SandboxRecord], SandboxRecord]) -> SandboxRecord:
+        with self._lock(name):
+            record = self.load(name)
+            if record is None:
+                raise IsolateError(f"sandbox {name!r} does not exist", code="SANDBOX_NOT_FOUND")
+            return self._apply_network(record, change(record))
+
+    def set_network(self, name: str, network: object) -> SandboxRecord:
+        """A new policy ("none", "open", {"allow": [...]}), in force at once: nothing restarts."""
+        policy = NetworkPolicy.parse(network)
+        return self._change_network(name, lambda record: replace(record, network=policy))
+
+    def expose_port(self, name: str, port: int) -> ExposedPort:
+        """Make a service listening on `port` inside reachable from the host at 127.128.x.y:`port`."""
+        port = check_port(port)
+        record = self._change_network(name, lambda r: replace(r, exposed_ports=tuple(sorted({*r.exposed_ports, port}))))
+        return self.exposed_port(record, port)
+
+    def unexpose_port(self, name: str, port: int) -> None:
+        port = check_port(port)
+        self._change_network(name, lambda r: replace(r, exposed_ports=tuple(p for p in r.exposed_ports if p != port)))
+
+    def exposed_port(self, record: SandboxRecord, port: int) -> ExposedPort:
+        address = self.networks.expose_slot(record).expose_address
+        return ExposedPort(port=port, host=address, url=f"http://{address}:{port}")
+
+
+def check_port(port: object) -> int:
+    if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+        raise ValidationError(f"port must be an integer from 1 to 65535, not {port!r}")
+    return port

@@ -22,13 +22,17 @@ from typing import Any, Literal, TypeVar
 
 from . import git
 from .agent.client import Cancel
-from .errors import FileSystemError, SandboxError, ValidationError
+from .errors import FileSystemError, GitError, IsolateError, SandboxError, ValidationError
 from .manager import SandboxManager, SandboxRecord
+from .net.policy import NetworkPolicy
 from .types import (
     PROCESS_STATUSES,
     ExecEvent,
     ExecResult,
+    ExposedPort,
     FileEntry,
+    GitCheckoutEvent,
+    GitCheckoutResult,
     MiB,
     ProcessEvent,
     ProcessInfo,
@@ -124,6 +128,20 @@ class ExecStream(Stream[ExecEvent]):
         self.result: ExecResult | None = None
 
     def _seen(self, event: ExecEvent) -> None:
+        if event.result is not None:
+            self.result = event.result
+
+
+class GitCheckoutStream(Stream[GitCheckoutEvent]):
+    """A streamed git_checkout: progress events as git prints them, then `complete`; `result` once done.
+
+    A failed clone raises its GitError from the iteration."""
+
+    def __init__(self, events: Iterator[GitCheckoutEvent], cancel: Callable[[], None]):
+        super().__init__(events, cancel)  # type: ignore[arg-type]
+        self.result: GitCheckoutResult | None = None
+
+    def _seen(self, event: GitCheckoutEvent) -> None:
         if event.result is not None:
             self.result = event.result
 
@@ -408,10 +426,108 @@ class Sandbox:
         entries.sort(key=lambda e: e.absolute_path)
         return entries
 
-    def git_checkout(self, repo_url: str, *, branch: str | None = None, target_dir: str | None = None, depth: int | None = None,
-                     timeout: float | None = None) -> tuple[str, str]:
-        """`git clone` inside the sandbox; returns (branch, target folder). Errors carry git codes."""
-        return git.checkout(self, repo_url, branch=branch, target_dir=target_dir, depth=depth, timeout=timeout)
+    # --- network ---
+
+    @property
+    def network(self) -> NetworkPolicy:
+        """The network policy in force: mode "none", "open" or "allowlist" (with `allow`)."""
+        return self._current_record().network
+
+    def _current_record(self) -> SandboxRecord:
+        record = self._manager.load(self.name)
+        if record is None:
+            raise IsolateError(f"sandbox {self.name!r} does not exist", code="SANDBOX_NOT_FOUND")
+        self._record = record
+        return record
+
+    def set_network(self, network: str | dict[str, Any] | NetworkPolicy) -> NetworkPolicy:
+        """"none", "open" or {"allow": ["host", "host:port", "CIDR", ...]}: in force at once, nothing restarts."""
+        self._record = self._manager.set_network(self.name, network)
+        return self._record.network
+
+    def expose_port(self, port: int) -> ExposedPort:
+        """Make a service listening on `port` inside reachable from the host, at the returned loopback address."""
+        return self._manager.expose_port(self.name, port)
+
+    def unexpose_port(self, port: int) -> None:
+        self._manager.unexpose_port(self.name, port)
+
+    def exposed_ports(self) -> list[ExposedPort]:
+        record = self._current_record()
+        return [self._manager.exposed_port(record, port) for port in record.exposed_ports]
+
+    # --- git ---
+
+    def git_checkout(self, repo_url: str, branch: str | None = None, target_dir: str | None = None, depth: int | None = None,
+                     timeout: float | None = None, *, stream: bool = False, submodules: bool = False) -> Any:
+        """Clone a repository into the sandbox (default /workspace/<repo name>); git runs inside, with the sandbox's network.
+
+        Returns a GitCheckoutResult, or with `stream=True` a GitCheckoutStream of progress events.
+        The sandbox's policy must let it reach the repository's host (GIT_NETWORK_ERROR says so otherwise).
+        """
+        settings = self._manager.settings
+        source = git.parse_url(repo_url, settings.git_schemes)
+        branch = git.check_branch(branch) if branch is not None else None
+        depth = git.check_depth(depth) if depth is not None else None
+        target = self._path(target_dir if target_dir is not None else f"{DEFAULT_CWD}/{source.name}")
+        policy = self._current_record().network
+        context = {"repoUrl": source.display, "branch": branch, "targetDir": target}
+        if not self._manager.networks.reaches(policy, source.host, source.port):
+            raise GitError(
+                f"sandbox {self.name!r} cannot reach {source.host}:{source.port} (network {policy.mode!r}); git runs inside the sandbox, "
+                f"so it needs egress to the repository's host: sb.set_network({{'allow': ['{source.host}:{source.port}']}}) "
+                "or add that entry to its allowlist",
+                code="GIT_NETWORK_ERROR",
+                context={**context, "host": source.host, "port": source.port, "network": policy.mode},
+            )
+        existed = self.exists(target)
+        if existed and self._occupied(target):
+            raise FileSystemError(f"git checkout target {target} exists and is not an empty folder", code="FILE_EXISTS", context=context)
+        argv, env = git.clone_command(source, target, branch=branch, depth=depth, submodules=submodules, progress=stream,
+                                      schemes=settings.git_schemes)
+        run = self.exec(argv[0], argv[1:], stream=True, env=env, cwd="/", timeout=timeout)
+        checkout = GitCheckoutStream(self._checkout_events(run, source, target, existed, branch, env, context), run.cancel)
+        if stream:
+            return checkout
+        for _ in checkout:
+            pass
+        if checkout.result is None:
+            raise SandboxError("git checkout ended without a result")
+        return checkout.result
+
+    def _occupied(self, target: str) -> bool:
+        try:
+            return bool(self.list_files(target, include_hidden=True))
+        except FileSystemError:
+            return True  # a file, or something that is not a folder
+
+    def _checkout_events(self, run: ExecStream, source: git.GitSource, target: str, existed: bool, branch: str | None,
+                         env: dict[str, str], context: dict[str, Any]) -> Iterator[GitCheckoutEvent]:
+        started = time.monotonic()
+        reader, stderr = git.ProgressReader(), []
+        try:
+            for event in run:
+                if event.type == "stderr":
+                    stderr.append(event.data)
+                    yield from reader.feed(event.data)
+        finally:
+            run.close()  # a consumer that stops early ends the clone
+        yield from reader.feed("", final=True)
+        result = run.result
+        if result is None or not result.success:
+            # what a killed clone left (git cleans up after its own failures); a folder that was there stays, empty
+            self.exec("find", [target, "-mindepth", "1", "-delete"] if existed else [target, "-delete"])
+            text = "".join(stderr)
+            if result is not None and result.reason == "timeout":
+                raise GitError(f"git clone of {source.display} timed out after {result.duration:.0f} s", code="GIT_NETWORK_ERROR", context=context)
+            if result is not None and result.exit_code == 127:
+                raise GitError("git is not installed in this sandbox's image", code="GIT_CLONE_FAILED", context=context)
+            code = git.classify(text)
+            raise error_from_git(code, git.failure_message(code, source, branch, text), {**context, "stderr": text[-2000:]})
+        if branch is None:
+            branch = self.exec("git", ["-C", target, "symbolic-ref", "--short", "-q", "HEAD"], env=env).stdout.strip()
+        yield GitCheckoutEvent("complete", result=GitCheckoutResult(repo_url=source.display, branch=branch, target_dir=target,
+                                                                    duration=time.monotonic() - started))
 
     # --- sessions: persistent shells ---
 
@@ -605,8 +721,27 @@ class AsyncSandbox:
     def get_session(self, session_id: str, **options: Any) -> AsyncSandbox:
         return AsyncSandbox(self.sync.get_session(session_id, **options))
 
-    async def git_checkout(self, repo_url: str, **options: Any) -> tuple[str, str]:
+    async def git_checkout(self, repo_url: str, *, stream: bool = False, **options: Any) -> Any:
+        """A GitCheckoutResult, or with `stream=True` an async iterator of GitCheckoutEvents."""
+        if stream:
+            return _aiter_in_thread(await self._run(self.sync.git_checkout, repo_url, stream=True, **options))
         return await self._run(self.sync.git_checkout, repo_url, **options)
+
+    @property
+    def network(self) -> NetworkPolicy:
+        return self.sync.network
+
+    async def set_network(self, network: str | dict[str, Any] | NetworkPolicy) -> NetworkPolicy:
+        return await self._run(self.sync.set_network, network)
+
+    async def expose_port(self, port: int) -> ExposedPort:
+        return await self._run(self.sync.expose_port, port)
+
+    async def unexpose_port(self, port: int) -> None:
+        await self._run(self.sync.unexpose_port, port)
+
+    async def exposed_ports(self) -> list[ExposedPort]:
+        return await self._run(self.sync.exposed_ports)
 
     async def list_sessions(self) -> list[str]:
         return await self._run(self.sync.list_sessions)
@@ -670,6 +805,12 @@ class AsyncSandbox:
 
     async def destroy(self) -> None:
         await self._run(self.sync.destroy)
+
+
+def error_from_git(code: str, message: str, context: dict[str, Any]) -> IsolateError:
+    if code == "FILE_EXISTS":
+        return FileSystemError(message, code=code, context=context)
+    return GitError(message, code=code, context=context)
 
 
 async def _aiter_in_thread(stream: Stream[T]) -> AsyncIterator[T]:

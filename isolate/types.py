@@ -123,6 +123,34 @@ class SandboxInfo:
 
 
 @dataclass(frozen=True)
+class ExposedPort:
+    """A port of a sandbox reachable from the host: `host`:`port` (a loopback address of the sandbox's own)."""
+
+    port: int
+    host: str
+    url: str
+
+
+@dataclass(frozen=True)
+class GitCheckoutResult:
+    repo_url: str  # credentials, if the URL carried any, are masked
+    branch: str
+    target_dir: str
+    duration: float
+
+
+@dataclass(frozen=True)
+class GitCheckoutEvent:
+    """A streamed checkout: `progress` lines as git prints them ("Receiving objects", 45), then `complete` with the result."""
+
+    type: Literal["progress", "complete"]
+    phase: str = ""
+    percent: int | None = None
+    text: str = ""
+    result: GitCheckoutResult | None = None
+
+
+@dataclass(frozen=True)
 class ProcessInfo:
     """A background process started with `start_process`."""
 

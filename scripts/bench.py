@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from isolate import Limits, Sandbox, SandboxManager, Settings, cgroups
 from isolate.jail.nsjail import stage_nsjail
+from isolate.net import netns
 
 MiB = 1 << 20
 
@@ -71,7 +72,18 @@ def main() -> None:
         cold_samples = timed(cold, args.cold_runs)
         for name in manager.names():
             manager.destroy(name)
-        line("nsjail: cold start (create + first true)", cold_samples, bare_jail, "nsjail alone")
+        cold_none = line("nsjail: cold start (create + first true)", cold_samples, bare_jail, "nsjail alone")
+
+        # networking's share: a namespace of its own for every sandbox; a veth, addresses and rules with egress
+        line("network: new namespace, lo up (every start)", timed(lambda: os.close(netns.create()), args.runs))
+        for label, network in (("allowlist", {"allow": ["198.18.0.1:443", "198.18.1.0/24"]}), ("open", "open")):
+            def networked(network: object = network) -> None:
+                Sandbox(manager, manager.open(f"net-{next(counter)}", network=network)).exec("true", [])
+
+            samples = timed(networked, args.cold_runs)
+            for name in manager.names():
+                manager.destroy(name)
+            line(f"nsjail: cold start, network {label}", samples, cold_none, "network none")
 
         pooled = SandboxManager(replace(manager.settings, warm_pool=2))
         pooled_samples = []

@@ -6,8 +6,9 @@ cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
-# mount + e2fsprogs: each sandbox's disk is an ext4 image, loop-mounted; systemd: systemd-analyze verifies the worker's unit
-apt-get install -y -q --no-install-recommends util-linux mount e2fsprogs procps iproute2 git python3 ca-certificates systemd >/dev/null
+# mount + e2fsprogs: each sandbox's disk is an ext4 image, loop-mounted; nftables: the sandboxes' firewall (egress,
+# exposed ports); systemd: systemd-analyze verifies the worker's unit
+apt-get install -y -q --no-install-recommends util-linux mount e2fsprogs procps iproute2 nftables git python3 ca-certificates systemd >/dev/null
 # nodejs + npm: the real Cloudflare client drives the worker in tests (a host's own Node, e.g. nodesource's, is kept)
 command -v npm >/dev/null || apt-get install -y -q --no-install-recommends nodejs npm >/dev/null
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from isolate import Limits, Sandbox, SandboxManager, Settings, cgroups
+from isolate.net import netns, nft
+from tests.nethost import resolve_test_name
 
 BACKENDS = [b for b in os.environ.get("ISOLATE_TEST_BACKENDS", "nsjail").split(",") if b]
 
@@ -50,7 +52,8 @@ def manager(state_dir: Path) -> Iterator[SandboxManager]:
     reason = backend_missing("nsjail")
     if reason:
         pytest.skip(reason)
-    settings = Settings(state_dir=state_dir, idle_timeout=600, limits=Limits(memory_mb=256, pids=128, exec_timeout=60))
+    settings = Settings(state_dir=state_dir, idle_timeout=600, limits=Limits(memory_mb=256, pids=128, exec_timeout=60),
+                        resolver=resolve_test_name, nameservers=())
     manager = SandboxManager(settings)
     yield manager
     for name in manager.names():
@@ -60,7 +63,20 @@ def manager(state_dir: Path) -> Iterator[SandboxManager]:
     for name in leftovers:
         cgroups.SandboxCgroup(settings.instance, name).remove()
     cgroups.remove_parent(settings.instance)
+    network = network_leftovers(manager)
+    manager.clean_leftovers()
     assert not leftovers, f"tests left cgroups behind: {leftovers}"
+    assert not network, f"tests left network state behind: {network}"
+
+
+def network_leftovers(manager: SandboxManager) -> list[str]:
+    """Veths, addresses and nftables state of this test instance that still exist (namespaces die with their jails)."""
+    networks = manager.networks
+    found = [f"veth:{interface}" for interface in netns.veths_by_alias(networks.alias("")).values()]
+    found += [f"address:{key}" for key in networks.pool.names()]
+    if nft.available() and nft.table_exists(networks.table):
+        found.append(f"nft table:{networks.table}")
+    return found
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -105,8 +121,11 @@ def worker_state_dir(manager: SandboxManager) -> Iterator[Path]:
     for name in workers_manager.names():
         workers_manager.destroy(name)
     leftovers = cgroups.list_sandbox_cgroups(workers_manager.settings.instance)
+    network = network_leftovers(workers_manager)
+    workers_manager.clean_leftovers()
     shutil.rmtree(path, ignore_errors=True)
     assert not leftovers, f"worker tests left cgroups behind: {leftovers}"
+    assert not network, f"worker tests left network state behind: {network}"
 
 
 @pytest.fixture(scope="module")

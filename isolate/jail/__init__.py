@@ -26,6 +26,11 @@ class JailSpec:
     policy: str = "default"
     hostname: str = "sandbox"
     env: dict[str, str] = field(default_factory=dict)
+    # The network namespace to run in (made by isolate.net, `lo` up; a path valid while `start` runs):
+    # fork the jail from inside it (`net.netns.entered`, or `nsenter --net=`); make no namespace of its own.
+    netns: Path | None = None
+    # Host files bound read-only at a path inside (the sandbox's /etc/hosts and /etc/resolv.conf).
+    files: tuple[tuple[str, str], ...] = ()
 
 
 class Backend(Protocol):

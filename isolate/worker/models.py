@@ -6,7 +6,7 @@ Fields marked "isolate" are this worker's additions; Cloudflare's client never s
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,6 +85,20 @@ class GitCheckoutRequest(Body):
     targetDir: str | None = Field(default=None, min_length=1, max_length=4096)
     depth: int | None = Field(default=None, gt=0)
     timeoutMs: int | None = PositiveMs
+    submodules: bool = Field(default=False, description="isolate: clone submodules too")
+
+
+class NetworkRequest(BaseModel):
+    """isolate: a sandbox's network policy: "none", "open" or {"allow": ["host", "host:port", "CIDR", ...]}."""
+
+    model_config = ConfigDict(extra="ignore")
+    network: str | dict[str, Any]
+
+
+class ExposePortRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    port: int = Field(gt=0, lt=65536)
+    name: str | None = Field(default=None, max_length=128)
 
 
 class ProcessStartRequest(Body):

@@ -14,7 +14,7 @@ from starlette.responses import Response
 from .. import __version__
 from ..errors import ExecError, IsolateError
 from ..sandbox import AsyncSandbox, FileStream
-from ..types import ExecResult, FileEntry, ProcessInfo, now_iso
+from ..types import ExecResult, ExposedPort, FileEntry, GitCheckoutResult, ProcessInfo, now_iso
 from . import models
 from .metrics import CONTENT_TYPE
 from .sandboxes import Sandboxes
@@ -254,12 +254,76 @@ async def exists(body: models.PathRequest, request: Request) -> dict[str, Any]:
     return ok(path=body.path, exists=await target.exists(body.path))
 
 
+def checkout_options(body: models.GitCheckoutRequest) -> dict[str, Any]:
+    return {"branch": body.branch, "target_dir": body.targetDir, "depth": body.depth, "timeout": seconds(body.timeoutMs),
+            "submodules": body.submodules}
+
+
 @router.post("/api/git/checkout")
 async def git_checkout(body: models.GitCheckoutRequest, request: Request) -> dict[str, Any]:
+    """git runs inside the sandbox, with its network: the sandbox's policy must let it reach the repository's host."""
     target = await sandboxes(request).target(request, body.sessionId)
-    branch, folder = await target.git_checkout(body.repoUrl, branch=body.branch, target_dir=body.targetDir, depth=body.depth,
-                                               timeout=seconds(body.timeoutMs))
-    return ok(repoUrl=body.repoUrl, branch=branch, targetDir=folder)
+    result: GitCheckoutResult = await target.git_checkout(body.repoUrl, **checkout_options(body))
+    return ok(repoUrl=result.repo_url, branch=result.branch, targetDir=result.target_dir)
+
+
+@router.post("/api/git/checkout/stream")
+async def git_checkout_stream(body: models.GitCheckoutRequest, request: Request) -> Response:
+    """isolate: the same, with git's progress as events: `progress` (phase, percent, text), then `complete` or `error`."""
+    target = await sandboxes(request).target(request, body.sessionId)
+    events = await target.git_checkout(body.repoUrl, stream=True, **checkout_options(body))  # a refused URL or policy: plain HTTP error
+
+    async def sse() -> AsyncIterator[dict[str, Any]]:
+        try:
+            async for event in events:
+                if event.result is not None:
+                    result = event.result
+                    yield {"type": "complete", "repoUrl": result.repo_url, "branch": result.branch, "targetDir": result.target_dir,
+                           "timestamp": now_iso()}
+                else:
+                    yield {"type": "progress", "phase": event.phase, "percent": event.percent, "text": event.text, "timestamp": now_iso()}
+        except IsolateError as exc:
+            yield {"type": "error", "error": exc.message, "code": exc.code}
+
+    return stream_response(sse())
+
+
+# --- isolate's own: network policy and exposed ports ---
+
+def exposed_body(port: ExposedPort, name: str | None = None) -> dict[str, Any]:
+    return {"port": port.port, "url": port.url, "host": port.host, "name": name}
+
+
+@router.get("/api/sandbox/network")
+async def network_get(request: Request) -> dict[str, Any]:
+    sandbox = await sandboxes(request).of(request)
+    return ok(network=sandbox.network.to_dict())
+
+
+@router.put("/api/sandbox/network")
+async def network_set(body: models.NetworkRequest, request: Request) -> dict[str, Any]:
+    """Applies live: nothing in the sandbox restarts."""
+    sandbox = await sandboxes(request).of(request)
+    return ok(network=(await sandbox.set_network(body.network)).to_dict())
+
+
+@router.post("/api/expose-port")
+async def expose_port(body: models.ExposePortRequest, request: Request) -> dict[str, Any]:
+    """A service listening on `port` inside becomes reachable from this host at the returned loopback address."""
+    exposed = await (await sandboxes(request).of(request)).expose_port(body.port)
+    return ok(**exposed_body(exposed, body.name))
+
+
+@router.get("/api/exposed-ports")
+async def exposed_ports(request: Request) -> dict[str, Any]:
+    ports = await (await sandboxes(request).of(request)).exposed_ports()
+    return ok(ports=[exposed_body(port) for port in ports])
+
+
+@router.delete("/api/exposed-ports/{port}")
+async def unexpose_port(port: int, request: Request) -> dict[str, Any]:
+    await (await sandboxes(request).of(request)).unexpose_port(port)
+    return ok(port=port)
 
 
 # --- background processes ---

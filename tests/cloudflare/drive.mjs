@@ -200,21 +200,21 @@ await check("delete, rename, move and their errors", async () => {
   assert.equal((await client.files.exists("/workspace/tree/moved.txt", S)).exists, false);
 });
 
-await check("git checkout of a repository inside the sandbox; missing repository and bad depth", async () => {
-  const setup = await client.commands.execute(
-    "rm -rf /tmp/origin && git init -q -b main /tmp/origin && cd /tmp/origin && echo v1 > README && " +
-      "git -c user.email=t@t -c user.name=t add README && git -c user.email=t@t -c user.name=t commit -qm one && echo done",
-    undefined,
-  );
-  assert.equal(setup.stdout, "done\n", setup.stderr);
-  const cloned = await client.git.checkout("file:///tmp/origin", S, { targetDir: "/workspace/clone", depth: 1 });
+await check("git checkout from a git server the sandbox may reach; missing repository and branch, bad depth and URLs", async () => {
+  // GIT_BASE: git://<address of a test host in a namespace the test made>, which the sandbox's allowlist lists
+  const base = process.env.GIT_BASE;
+  const cloned = await client.git.checkout(`${base}/demo.git`, S, { depth: 1 });
   assert.equal(cloned.success, true);
   assert.equal(cloned.branch, "main");
-  assert.equal((await client.files.readFile("/workspace/clone/README", S)).content, "v1\n");
-  await rejects(client.git.checkout("file:///tmp/no-such-repo", S, { targetDir: "/workspace/none" }), "GIT_REPOSITORY_NOT_FOUND", 404);
-  await rejects(client.git.checkout("file:///tmp/origin", S, { targetDir: "/workspace/c2", branch: "nope" }), "GIT_BRANCH_NOT_FOUND", 404);
-  await assert.rejects(client.git.checkout("file:///tmp/origin", S, { depth: 0 }), /positive integer/);
+  assert.equal(cloned.targetDir, "/workspace/demo");
+  assert.equal((await client.files.readFile("/workspace/demo/README", S)).content, "main two\n");
+  const feature = await client.git.checkout(`${base}/demo.git`, S, { branch: "feature", targetDir: "/workspace/feature" });
+  assert.equal(feature.branch, "feature");
+  await rejects(client.git.checkout(`${base}/no-such-repo.git`, S, { targetDir: "/workspace/none" }), "GIT_REPOSITORY_NOT_FOUND", 404);
+  await rejects(client.git.checkout(`${base}/demo.git`, S, { targetDir: "/workspace/c2", branch: "nope" }), "GIT_BRANCH_NOT_FOUND", 404);
+  await assert.rejects(client.git.checkout(`${base}/demo.git`, S, { depth: 0 }), /positive integer/);
   await rejects(client.git.checkout("not a url", S), "INVALID_GIT_URL", 400);
+  await rejects(client.git.checkout("file:///etc", S), "INVALID_GIT_URL", 400);
 });
 
 await check("background processes: start, get, logs, stream with replay, list", async () => {
