@@ -113,7 +113,8 @@ def _ns_pid(host_pid: int) -> int:
 @case(GROUP, "mount-table", "only the sandbox's own mounts")
 def mount_table(audit: Audit) -> str:
     """Every mount point inside is one the sandbox is meant to have; no old root, no staging folder."""
-    allowed = ("/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/dev", "/sys")
+    allowed = ("/", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/dev", "/sys",
+               "/etc/hosts", "/etc/resolv.conf")  # the last two: the sandbox's own name files, written by the host
     text = audit.exec(audit.sandbox(GROUP), "cat", ["/proc/self/mountinfo"]).stdout
     points = [line.split()[4] for line in text.splitlines() if len(line.split()) > 4]
     odd = [p for p in points if p not in allowed and not p.startswith(("/proc/", "/dev/", "/sys/"))]
@@ -123,7 +124,7 @@ def mount_table(audit: Audit) -> str:
 @case(GROUP, "old-root-detached", "no host folder mounted", backends=("nsjail",))
 def old_root_detached(audit: Audit) -> str:
     """No mount inside shows a folder of the host's root file system (pivot_root's old root is gone);
-    the only pieces of it are the sandbox's own device nodes."""
+    the only pieces of it are single files: the sandbox's own device nodes and name files."""
     host_root = os.stat("/").st_dev
     text = audit.exec(audit.sandbox(GROUP), "cat", ["/proc/self/mountinfo"]).stdout
     exposed = []
@@ -133,10 +134,10 @@ def old_root_detached(audit: Audit) -> str:
         if os.makedev(major, minor) != host_root:
             continue
         try:
-            is_device = stat.S_ISCHR(os.stat(fields[3]).st_mode)
+            is_folder = stat.S_ISDIR(os.stat(fields[3]).st_mode)
         except OSError:
-            is_device = False
-        if not is_device:
+            is_folder = True  # cannot tell: count it
+        if is_folder:
             exposed.append(f"{fields[3]} at {fields[4]}")
     return "no host folder mounted" if not exposed else "; ".join(exposed)
 

@@ -9,6 +9,7 @@ no route to them at all.
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import time
 
@@ -148,5 +149,81 @@ def configure_interfaces(audit: Audit) -> str:
     """Add an address, bring up a new interface, add a route: no capability allows it."""
     result = audit.exec(audit.sandbox(GROUP), "ip addr add 10.99.0.1/24 dev lo; ip link add isolate0 type dummy; "
                                               "ip route add default dev lo")
+    refusals = result.stderr.count("Operation not permitted")
+    return "Operation not permitted" if refusals == 3 else result.stderr.strip()[:80]
+
+
+# --- a sandbox with egress ("open"): the host and the other sandboxes stay out of reach ---
+
+UNREACHABLE = {"EHOSTUNREACH", "ENETUNREACH", "ECONNREFUSED", "ETIMEDOUT", "EACCES", "EPERM"}
+CONNECT_ALL = (
+    "import errno, json, socket, sys\nport = int(sys.argv[1])\nseen = {}\n"
+    "for address in sys.argv[2:]:\n"
+    "    s = socket.socket(); s.settimeout(3)\n"
+    "    try: s.connect((address, port)); seen[address] = 'connected'\n"
+    "    except OSError as exc: seen[address] = errno.errorcode.get(exc.errno, 'timeout')\n"
+    "    finally: s.close()\n"
+    "print(json.dumps(seen))"
+)
+
+
+def _open_sandbox(audit: Audit, key: str):
+    sandbox = audit.sandbox(key)
+    if sandbox.network.mode != "open":
+        sandbox.set_network("open")
+    return sandbox
+
+
+def _reach(audit: Audit, sandbox, port: int, addresses: list[str]) -> dict[str, str]:
+    return json.loads(audit.python(sandbox, CONNECT_ALL, str(port), *addresses).stdout)
+
+
+@case(GROUP, "open-sandbox-host-addresses", "unreachable")
+def open_sandbox_host_addresses(audit: Audit) -> str:
+    """A sandbox with open egress aims at a service the host runs on every address, through each of
+    the host's own IPv4 addresses (its interfaces and the host side of every veth)."""
+    sandbox = _open_sandbox(audit, "network-open")
+    addresses = sorted({a.address for nic in psutil.net_if_addrs().values() for a in nic
+                        if a.family == socket.AF_INET and not a.address.startswith("127.")})
+    with _host_listener(socket.AF_INET, "0.0.0.0") as listener:
+        seen = _reach(audit, sandbox, listener.getsockname()[1], addresses)
+        if _accepted(listener):
+            return "the host accepted a connection from inside"
+    reached = sorted(address for address, outcome in seen.items() if outcome not in UNREACHABLE)
+    return "unreachable" if not reached else "reached " + " ".join(reached)
+
+
+@case(GROUP, "open-sandbox-host-loopback", "ECONNREFUSED")
+def open_sandbox_host_loopback(audit: Audit) -> str:
+    """With open egress too, 127.0.0.1 is the sandbox's own loopback, not the host's."""
+    sandbox = _open_sandbox(audit, "network-open")
+    with _host_listener(socket.AF_INET, "127.0.0.1") as listener:
+        seen = _reach(audit, sandbox, listener.getsockname()[1], ["127.0.0.1"])["127.0.0.1"]
+        return "the host accepted a connection from inside" if _accepted(listener) else seen
+
+
+@case(GROUP, "open-sandbox-neighbour", "unreachable")
+def open_sandbox_neighbour(audit: Audit) -> str:
+    """Two sandboxes with open egress: one listens on all its addresses, the other cannot reach it."""
+    attacker, neighbour, port = _open_sandbox(audit, "network-open"), _open_sandbox(audit, "network-open-neighbour"), 8766
+    address = audit.exec(neighbour, "ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1").stdout.strip()
+    if not address:
+        return "the neighbour has no address"
+    audit.background_python(neighbour, f"import socket\ns = socket.socket()\ns.bind(('0.0.0.0', {port}))\ns.listen()\n"
+                                       "while True: s.accept()[0].close()", 6)
+    deadline = time.monotonic() + 3
+    while _reach(audit, neighbour, port, [address])[address] != "connected":  # the control: it serves on that address
+        if time.monotonic() > deadline:
+            return "the neighbour's service did not start"
+        time.sleep(0.1)
+    outcome = _reach(audit, attacker, port, [address])[address]
+    return "unreachable" if outcome in UNREACHABLE else outcome
+
+
+@case(GROUP, "open-sandbox-configure-network", "Operation not permitted")
+def open_sandbox_configure_network(audit: Audit) -> str:
+    """With an interface to play with: take another address, change the default route, bring eth0 down."""
+    sandbox = _open_sandbox(audit, "network-open")
+    result = audit.exec(sandbox, "ip addr add 10.99.0.1/24 dev eth0; ip route replace default dev lo; ip link set eth0 down")
     refusals = result.stderr.count("Operation not permitted")
     return "Operation not permitted" if refusals == 3 else result.stderr.strip()[:80]
