@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--warm-pool", type=int, default=2, help="spare sandboxes kept started for fast creation (0: none)")
     sub.add_argument("--backend", help="backend of sandboxes a request does not choose (X-Sandbox-Backend); default nsjail")
     commands.add_parser("doctor", help="check this host and say how to fix what is missing")
+    sub = commands.add_parser("audit", help="attack this host's sandboxes with the security battery; non-zero exit if any attack succeeds")
+    sub.add_argument("--backend", default="nsjail", help="backend to attack (default nsjail)")
+    sub.add_argument("--group", action="append", help="run only this group of cases (repeatable)")
+    sub.add_argument("--list", action="store_true", help="list the cases instead of running them")
     return parser
 
 
@@ -259,7 +263,31 @@ def _dispatch(manager: SandboxManager, args: argparse.Namespace) -> int:
         text, healthy = doctor.report(doctor.run_checks())
         print(text)
         return 0 if healthy else 1
+    if args.command == "audit":
+        return _audit(manager, args)
     raise AssertionError(args.command)
+
+
+def _audit(manager: SandboxManager, args: argparse.Namespace) -> int:
+    """One line per case (group, case, expected, observed, PASS/FAIL), then a summary."""
+    from . import audit
+
+    cases = [c for c in audit.all_cases() if not args.group or c.group in args.group]
+    if args.list:
+        for item in cases:
+            print(f"{item.group:13} {item.name:34} {item.expected:26} {item.doc.splitlines()[0] if item.doc else ''}")
+        return 0
+    reason = audit.unavailable(manager, args.backend)
+    if reason:
+        print(f"isolate audit: cannot run: {reason}", file=sys.stderr)
+        return 2
+    print(f"{'GROUP':13} {'CASE':34} {'EXPECTED':26} {'OBSERVED':30} RESULT")
+    started, results = time.monotonic(), []
+    for result in audit.run_all(manager, args.backend, cases):
+        results.append(result)
+        print(result.line(), flush=True)
+    print(audit.summary(results, args.backend, time.monotonic() - started))
+    return 1 if any(r.passed is False for r in results) else 0
 
 
 if __name__ == "__main__":

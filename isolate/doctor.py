@@ -123,8 +123,9 @@ def _gvisor() -> list[Check]:
     checks.append(Check("gvisor bound", True, f"at most {slots.limit} sandboxes at once ({gvisor.MAX_VARIABLE}), "
                         f"{slots.in_use()} running", required=False))
     try:
-        gvisor.oci_seccomp(policy.load("default"))
-        checks.append(Check("gvisor policy", True, "the default seccomp policy renders as OCI", required=False))
+        rendering = gvisor.oci_seccomp(policy.load("default"))
+        checks.append(Check("gvisor policy", True, f"the default seccomp policy renders as {len(rendering.profile['syscalls'])} OCI rules "
+                            f"({len(rendering.skipped)} left to gVisor)", required=False))
     except Exception as exc:
         checks.append(Check("gvisor policy", False, str(exc), "apt-get install linux-libc-dev", required=False))
     return checks

@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -21,15 +22,15 @@ from pathlib import Path
 from .errors import HostError, ValidationError
 
 HOST_IMAGE = "host"
-HOST_IMAGE_VERSION = 1
+HOST_IMAGE_VERSION = 2  # 2: the host's /etc/environment, profile and bash.bashrc no longer copied
 # Host folders shown read-only in the host image when they are real folders, not links into /usr.
 SYSTEM_FOLDERS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 # What of the host's /etc a sandbox gets; nothing that names host users, secrets or services.
 ETC_COPIES = (
     "alternatives", "ssl", "ca-certificates", "ca-certificates.conf", "ld.so.cache", "ld.so.conf",
     "ld.so.conf.d", "nsswitch.conf", "mime.types", "localtime", "timezone", "os-release",
-    "debian_version", "profile", "bash.bashrc", "inputrc", "shells", "protocols", "services",
-    "python3", "python3.11", "gitconfig.d", "environment", "login.defs", "magic", "magic.mime",
+    "debian_version", "inputrc", "shells", "protocols", "services",
+    "python3", "python3.11", "gitconfig.d", "login.defs", "magic", "magic.mime",
 )
 ETC_WRITTEN = {
     "passwd": "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
@@ -37,9 +38,14 @@ ETC_WRITTEN = {
     "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\tsandbox\n",
     "hostname": "sandbox\n",
     "resolv.conf": "",
+    # written, not copied: the host's versions may set variables of the host's (proxies and their credentials)
+    "profile": 'PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"\nexport PATH\n',
+    "bash.bashrc": "[ -z \"$PS1\" ] && return\nPS1='\\u@\\h:\\w\\$ '\n",
 }
 MNT_DETACH = 2
 SKELETON_FOLDERS = ("proc", "dev", "sys", "tmp", "workspace", "root", "home", "run", "var/tmp", "mnt", "opt", "srv")
+# The device nodes a sandbox gets: name -> (major, minor).
+DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 # Folders made in every new upper layer, owned by the sandbox's own uid so its root can write there.
 UPPER_FOLDERS = {"workspace": 0o755, "tmp": 0o1777, "root": 0o700, "home": 0o755, "var/tmp": 0o1777}
 
@@ -60,6 +66,8 @@ class RootfsPlan:
     # `disk_mount` in the jail's own mount namespace only (the loop device goes with that namespace).
     disk_image: Path | None = None
     disk_mount: Path | None = None
+    empty: Path | None = None  # an empty folder, the second lower layer of read-only overlays
+    devices: Path | None = None  # host-only folder for the sandbox's own device nodes
 
 
 def host_image(images_dir: Path) -> tuple[Path, tuple[str, ...]]:
@@ -120,10 +128,40 @@ def plan(image: str, images_dir: Path, sandbox_dir: Path) -> RootfsPlan:
             raise ValidationError(f"image {image!r} contains isolate's state folder; use a root folder of its own")
         if not (lower / "usr/bin/python3").exists() and not (lower / "bin/python3").exists():
             raise HostError(f"image {image} has no python3, which the sandbox agent needs")
+    extras = {"empty": empty_folder(images_dir), "devices": sandbox_dir / "dev"}
     if (sandbox_dir / DISK_IMAGE).exists():
         mount = sandbox_dir / DISK_MOUNT
-        return RootfsPlan(lower, mount / "upper", mount / "work", sandbox_dir / MOUNT_POINT, binds, sandbox_dir / DISK_IMAGE, mount)
-    return RootfsPlan(lower, sandbox_dir / "upper", sandbox_dir / "work", sandbox_dir / MOUNT_POINT, binds)
+        return RootfsPlan(lower, mount / "upper", mount / "work", sandbox_dir / MOUNT_POINT, binds, sandbox_dir / DISK_IMAGE, mount, **extras)
+    return RootfsPlan(lower, sandbox_dir / "upper", sandbox_dir / "work", sandbox_dir / MOUNT_POINT, binds, **extras)
+
+
+def empty_folder(images_dir: Path) -> Path:
+    """A root-owned folder that stays empty (overlayfs wants two lower layers when it has no upper one)."""
+    folder = images_dir / "empty"
+    if not folder.is_dir():
+        images_dir.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o755, exist_ok=True)
+    return folder
+
+
+def device_nodes(folder: Path) -> Path | None:
+    """Make (once) this sandbox's own copies of the device nodes; None where the file system forbids devices.
+
+    Own inodes, not binds of the host's /dev/null: a lock or lease taken on a shared
+    inode would reach other sandboxes and the host.
+    """
+    if os.statvfs(folder.parent).f_flag & os.ST_NODEV:
+        return None
+    if all((folder / name).is_char_device() for name in DEVICES):
+        return folder
+    folder.mkdir(mode=0o755, exist_ok=True)
+    for name, (major, minor) in DEVICES.items():
+        node = folder / name
+        if not node.is_char_device():
+            node.unlink(missing_ok=True)
+            os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            node.chmod(0o666)
+    return folder
 
 
 def create_layers(sandbox_dir: Path, uid: int, disk_mb: int | None) -> None:
@@ -190,24 +228,48 @@ def unmount_under(folder: Path) -> list[str]:
     return found
 
 
+WALK_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+MAX_WALK_DEPTH = 256  # folders deeper than this are not counted (one descriptor is held per level)
+
+
 def disk_usage(sandbox_dir: Path) -> int:
-    """Bytes the sandbox's writable layer takes on the host disk, never following links."""
+    """Bytes the sandbox's writable layer takes on the host disk: its image, or its layer folder.
+
+    The folder is a tree the sandbox controls, so it is walked by descriptor (openat with
+    O_NOFOLLOW, fstatat without following): a sandbox swapping a folder for a symlink
+    mid-walk cannot lead the walk outside its layer.
+    """
     image = sandbox_dir / DISK_IMAGE
     if image.exists():
         return image.stat().st_blocks * 512
+    try:
+        top = os.open(sandbox_dir / "upper", WALK_FLAGS)
+    except OSError:
+        return 0
     total = 0
-    stack = [str(sandbox_dir / "upper")]
-    while stack:
-        try:
-            entries = list(os.scandir(stack.pop()))
-        except OSError:
-            continue
-        for entry in entries:
+    stack = [(top, os.scandir(top))]
+    try:
+        while stack:
+            fd, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                entries.close()
+                os.close(fd)
+                stack.pop()
+                continue
             try:
                 info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
             total += info.st_blocks * 512
-            if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
+            if stat.S_ISDIR(info.st_mode) and len(stack) < MAX_WALK_DEPTH:
+                try:
+                    child = os.open(entry.name, WALK_FLAGS, dir_fd=fd)
+                except OSError:
+                    continue  # replaced by a symlink or removed since
+                stack.append((child, os.scandir(child)))
+    finally:
+        for fd, entries in stack:
+            entries.close()
+            os.close(fd)
     return total

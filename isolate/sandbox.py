@@ -280,12 +280,17 @@ class Sandbox:
             started = time.monotonic()
             decoders = {1: codecs.getincrementaldecoder("utf-8")("replace"), 2: codecs.getincrementaldecoder("utf-8")("replace")}
             collected: dict[int, list[str]] = {1: [], 2: []}
+            received = {1: 0, 2: 0}
             frames = client.exchange(request, data, max_payload=1 << 20, timeout=float(request["timeout"]) + 30, cancel=cancel)
             for reply, chunk in _ended_by_oom(frames, cgroup, ooms_before):
                 kind = reply.get("ev")
                 if kind == "start":
                     yield ExecEvent("start", timestamp=now_iso())
                 elif kind == "out" and reply.get("fd") in (1, 2):
+                    received[reply["fd"]] += len(chunk)
+                    if received[reply["fd"]] > request["output_limit"]:  # the agent cuts at the limit: this one lies
+                        frames.close()
+                        raise SandboxError("sandbox agent sent more output than the limit allows")
                     text = decoders[reply["fd"]].decode(chunk)
                     collected[reply["fd"]].append(text)
                     if text:

@@ -26,11 +26,11 @@ from .protocol import ProtocolError, decode_frame, encode_frame
 CONNECT_ERRORS = (FileNotFoundError, ConnectionRefusedError)
 STALE_ERRORS = (EOFError, BrokenPipeError, ConnectionResetError)
 REPLY_TIMEOUT = 120.0
-DOOR_TIMEOUT = 30.0  # an agent that stops reading its door fills the queue; do not wait forever
+CONNECT_TIMEOUT = 10.0  # an agent that stops reading its door fills its queue; knocking would then wait forever
 
 
 def door_is_open(path: Path | str) -> bool:
-    """Whether a live agent holds the door (connecting a datagram socket sends nothing)."""
+    """Whether a live agent holds the door (connecting a datagram socket sends nothing, never blocks)."""
     door = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
         door.connect(str(path))
@@ -41,17 +41,18 @@ def door_is_open(path: Path | str) -> bool:
         door.close()
 
 
-def knock(path: Path | str) -> socket.socket:
-    """A new stream connection to the agent behind the door at `path`."""
+def knock(path: Path | str, timeout: float) -> socket.socket:
+    """A new stream connection to the agent behind the door at `path`; SandboxError if the
+    door's queue stays full for `timeout` seconds (an agent that stopped reading it)."""
     near, far = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     door = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
     try:
-        door.settimeout(DOOR_TIMEOUT)
+        door.settimeout(timeout)
         door.connect(str(path))
         door.sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, far.fileno().to_bytes(4, sys.byteorder))])
     except TimeoutError:
         near.close()
-        raise SandboxError("sandbox agent is not taking connections") from None
+        raise SandboxError("sandbox agent is not accepting connections") from None
     except BaseException:
         near.close()
         raise
@@ -66,11 +67,27 @@ class AgentConnection:
         self.sock = sock
         self.reader = sock.makefile("rb", buffering=65536)
 
-    def send(self, message: dict[str, Any], payload: bytes = b"") -> None:
+    def send(self, message: dict[str, Any], payload: bytes = b"", deadline: float | None = None) -> None:
+        self._wait_at_most_until(deadline)
         self.sock.sendall(encode_frame(message, payload))
 
-    def receive(self, max_payload: int) -> tuple[dict[str, Any], bytes]:
-        return decode_frame(self.reader.read, max_payload)
+    def receive(self, max_payload: int, deadline: float | None = None) -> tuple[dict[str, Any], bytes]:
+        """One frame, whole before `deadline`: an agent dripping a byte at a time cannot hold the caller."""
+
+        def read(size: int) -> bytes:
+            self._wait_at_most_until(deadline)
+            return self.reader.read1(size)
+
+        return decode_frame(read, max_payload)
+
+    def _wait_at_most_until(self, deadline: float | None) -> None:
+        if deadline is None:
+            self.sock.settimeout(None)
+            return
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the agent's answer did not arrive in time")
+        self.sock.settimeout(remaining)
 
     def close(self) -> None:
         self.reader.close()
@@ -117,21 +134,21 @@ class AgentClient:
         self.idle: list[AgentConnection] = []
         self.lock = threading.Lock()
 
-    def _connect(self) -> AgentConnection:
+    def _connect(self, timeout: float | None) -> AgentConnection:
         for attempt in range(2):
             try:
-                return AgentConnection(knock(self.socket_path))
+                return AgentConnection(knock(self.socket_path, min(timeout or CONNECT_TIMEOUT, CONNECT_TIMEOUT)))
             except CONNECT_ERRORS:
                 if attempt:
                     raise SandboxError(f"sandbox agent did not start: {self.describe_failure()}") from None
                 self.start()
         raise AssertionError("unreachable")
 
-    def _checkout(self) -> tuple[AgentConnection, bool]:
+    def _checkout(self, timeout: float | None = None) -> tuple[AgentConnection, bool]:
         with self.lock:
             if self.idle:
                 return self.idle.pop(), True
-        return self._connect(), False
+        return self._connect(timeout), False
 
     def _checkin(self, conn: AgentConnection) -> None:
         with self.lock:
@@ -145,17 +162,17 @@ class AgentClient:
         again on a fresh one, which is safe because nothing was answered. So may a fresh
         one, once, when the agent it reached was on its way out (its door closes soon after).
         """
+        deadline = time.monotonic() + timeout if timeout is not None else None
         fresh_retried = False
         cancel = cancel or Cancel()
         while True:
-            conn, pooled = self._checkout()
+            conn, pooled = self._checkout(timeout)
             answered = False
             cancel.attach(conn.sock)
             try:
-                conn.sock.settimeout(timeout)
-                conn.send(message, payload)
+                conn.send(message, payload, deadline)
                 while True:
-                    reply, data = conn.receive(max_payload)
+                    reply, data = conn.receive(max_payload, deadline)
                     answered = True
                     final = reply.get("ev") in (None, "exit")
                     if not final:
@@ -202,9 +219,10 @@ class AgentClient:
             time.sleep(0.02)
         return True
 
-    def call(self, message: dict[str, Any], payload: bytes = b"", *, max_payload: int = 1 << 20) -> tuple[dict[str, Any], bytes]:
+    def call(self, message: dict[str, Any], payload: bytes = b"", *, max_payload: int = 1 << 20,
+             timeout: float = REPLY_TIMEOUT) -> tuple[dict[str, Any], bytes]:
         """A request with exactly one answer."""
-        for reply, data in self.exchange(message, payload, max_payload=max_payload):
+        for reply, data in self.exchange(message, payload, max_payload=max_payload, timeout=timeout):
             return reply, data
         raise SandboxError("sandbox agent sent no answer")
 
@@ -213,3 +231,4 @@ class AgentClient:
             idle, self.idle = self.idle, []
         for conn in idle:
             conn.close()
+

@@ -19,12 +19,13 @@ import stat
 import sys
 import time
 
-from .protocol import ProtocolError, decode_frame, encode_frame  # host-only
+from .protocol import MAX_JSON_BYTES, ProtocolError, _quote, decode_frame, encode_frame  # host-only
 
 MAX_REQUEST_PAYLOAD = 1 << 30
 CHUNK = 65536
 LINGER_AFTER_EXIT = 0.25  # seconds to drain pipes still held open by a command's daemons
 MAX_LIST_ENTRIES = 100000
+MAX_LIST_BYTES = MAX_JSON_BYTES - 65536  # the host refuses larger answers: stop and say truncated
 EXIT_RECORD_TTL = 60.0
 STOP_GRACE = 1.0  # seconds between stopping a timed-out session command's children and ending its shell
 KILL_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a background process is killed
@@ -299,7 +300,10 @@ class Agent:
                 raise AgentError("FILE_TOO_LARGE", "File too large: %s (%d bytes, limit %d)" % (path, info.st_size, limit))
             chunks, total = [], 0
             while True:  # a file growing while we read is cut at the limit, never held unbounded
-                chunk = os.read(fd, min(CHUNK * 16, limit + 1 - total))
+                try:
+                    chunk = os.read(fd, min(CHUNK * 16, limit + 1 - total))
+                except OSError as exc:  # e.g. EIO from /proc/self/mem
+                    raise os_error(exc, path) from None
                 if not chunk:
                     break
                 chunks.append(chunk)
@@ -475,7 +479,7 @@ class Agent:
                 raise AgentError("NOT_DIRECTORY", "Not a directory: %s" % root)
         except OSError as exc:
             raise os_error(exc, root) from None
-        entries, pending, truncated = [], [root], False
+        entries, pending, truncated, size = [], [root], False, 0
         while pending and not truncated:
             folder = pending.pop()
             try:
@@ -485,7 +489,8 @@ class Agent:
             for entry in scan:
                 if not hidden and entry.name.startswith("."):
                     continue
-                if len(entries) >= MAX_LIST_ENTRIES:
+                size += len(_quote(entry.path)) + 96  # the entry's JSON, at most
+                if len(entries) >= MAX_LIST_ENTRIES or size > MAX_LIST_BYTES:
                     truncated = True
                     break
                 try:
@@ -1233,10 +1238,39 @@ def close_on_exec_all():
                 pass  # the listing's own descriptor, already closed
 
 
+def protect_from_commands():
+    """Commands run as the agent's uid, so guard the two things they could still do to it.
+
+    - Interrupt it: as PID 1 only signals it handles reach it, and Python handles SIGINT by
+      raising KeyboardInterrupt. A handler that does nothing keeps it alive (and, unlike
+      SIG_IGN, is not inherited across exec by the commands).
+    - Read or write its memory and descriptors through /proc/1: a non-dumpable process
+      needs CAP_SYS_PTRACE for that, which nothing in the sandbox has.
+    """
+    _signal.signal(_signal.SIGINT, lambda signum, frame: None)
+    try:
+        import _ctypes
+
+        class Int(_ctypes._SimpleCData):
+            _type_ = "i"
+
+        class Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL
+            _restype_ = Int
+
+        class Process:
+            _handle = _ctypes.dlopen(None)
+
+        Function(("prctl", Process))(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (ImportError, AttributeError, OSError):
+        pass  # a Python without ctypes: the agent still runs, readable by its commands
+
+
 def main(argv):
     os.umask(0o022)
     os.chdir("/")
     close_on_exec_all()
+    protect_from_commands()
     Agent(int(argv[1]), float(argv[2])).serve_forever()
 
 

@@ -25,7 +25,6 @@ pids limit is RLIMIT_NPROC, which the Sentry enforces for the sandbox's processe
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import functools
 import hashlib
@@ -59,9 +58,6 @@ SLOTS_DIR = Path("/run/isolate/gvisor-slots")
 MAX_VARIABLE, WAIT_VARIABLE = "ISOLATE_GVISOR_MAX", "ISOLATE_GVISOR_WAIT"
 DEFAULT_WAIT = 30.0
 START_TIMEOUT = 60.0
-# ENOSYS denials exist so that libc falls back (clone3 -> clone); runsc 2024's OCI seccomp
-# answers every denial with EPERM, which would break thread creation instead.
-SKIPPED_ERRNOS = frozenset({errno.ENOSYS})
 
 
 def default_max_sandboxes() -> int:
@@ -153,9 +149,9 @@ def _in_image(spec: JailSpec, path: str) -> bool:
 
 
 @functools.lru_cache(maxsize=8)
-def oci_seccomp(policy_text: str) -> dict[str, object]:
-    """The policy rendered for runsc (once per policy text: parsing costs a few ms of every start)."""
-    return kafel.to_oci(kafel.parse(policy_text), skip_errnos=SKIPPED_ERRNOS)
+def oci_seccomp(policy_text: str) -> kafel.Rendering:
+    """The policy rendered for runsc (once per policy text: rendering costs milliseconds of every start)."""
+    return kafel.to_oci(kafel.parse(policy_text))
 
 
 def _rlimit(kind: str, value: int) -> dict[str, object]:
@@ -207,7 +203,7 @@ def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
             "namespaces": [{"type": kind} for kind in ("pid", "ipc", "uts", "mount", "user", *(() if spec.netns else ("network",)))],
             "uidMappings": [{"containerID": 0, "hostID": spec.uid, "size": 1}],
             "gidMappings": [{"containerID": 0, "hostID": spec.uid, "size": 1}],
-            "seccomp": oci_seccomp(policy.load(spec.policy)),
+            "seccomp": oci_seccomp(policy.load(spec.policy)).profile,
         },
     }
 

@@ -21,10 +21,12 @@ import contextlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
 from .. import policy
+from .. import rootfs as rootfs_layout
 from ..agent import agent_argv, agent_environment
 from ..errors import HostError
 from ..net import netns
@@ -37,10 +39,14 @@ shift 3
 """ + SUPERVISOR_PRELUDE + r"""
 exec /usr/bin/setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
 """
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _NEEDS_ESCAPE = re.compile(rb'[^ -~]|["\\]')
-# /proc entries that describe or steer the host kernel; each is hidden behind an empty file.
-PROC_MASKS = ("kcore", "keys", "key-users", "sched_debug", "timer_list", "sysrq-trigger", "kallsyms", "kmsg", "latency_stats", "acpi", "scsi")
+# /proc entries that describe or steer the host kernel (Docker's masked paths, plus kernel
+# symbols and logs, the modules loaded, and the host's boot command line). A readable file is covered by an empty one, a folder by an empty
+# read-only tmpfs; what only host root may read needs nothing: the sandbox's root is not host root.
+# The rest of /proc, /proc/sys included, is mounted read-only.
+PROC_MASKS = ("kcore", "keys", "key-users", "kallsyms", "kmsg", "sched_debug", "timer_list", "timer_stats",
+              "latency_stats", "interrupts", "sysrq-trigger", "kpagecount", "kpageflags", "kpagecgroup",
+              "cmdline", "modules", "acpi", "asound", "scsi", "driver")
 
 
 def quote(text: str) -> str:
@@ -93,7 +99,8 @@ def stage_nsjail(libexec_dir: Path) -> Path:
     return target
 
 
-def render_config(spec: JailSpec) -> str:
+def render_config(spec: JailSpec, devices: Path | None = None) -> str:
+    """nsjail's config for `spec`; device nodes are bound from `devices`, or from the host's /dev."""
     limits, rootfs = spec.limits, spec.rootfs
     overlay = f"lowerdir={rootfs.lower},upperdir={rootfs.upper},workdir={rootfs.work},userxattr"
     lines = [
@@ -127,7 +134,10 @@ def render_config(spec: JailSpec) -> str:
         f'mount {{ src: "overlay" dst: "/" fstype: "overlay" options: {quote(overlay)} rw: true nosuid: true nodev: true }}',
     ]
     for folder in rootfs.read_only_binds:
-        lines.append(f"mount {{ src: {quote(folder)} dst: {quote(folder)} is_bind: true rw: false nosuid: true nodev: true }}")
+        # a read-only overlay per sandbox rather than a bind: own inodes, so a lock, lease or
+        # inotify watch on a system file reaches neither other sandboxes nor the host
+        options = f"lowerdir={folder}:{rootfs.empty}"
+        lines.append(f'mount {{ src: "overlay" dst: {quote(folder)} fstype: "overlay" options: {quote(options)} rw: false nosuid: true nodev: true }}')
     for source, target in spec.files:  # an image without the target file goes without (mandatory: false)
         lines.append(f"mount {{ src: {quote(source)} dst: {quote(target)} is_bind: true rw: false nosuid: true nodev: true noexec: true "
                      "mandatory: false }")
@@ -135,8 +145,9 @@ def render_config(spec: JailSpec) -> str:
         'mount { dst: "/proc" fstype: "proc" rw: false nosuid: true nodev: true noexec: true }',
         'mount { dst: "/dev" fstype: "tmpfs" options: "mode=755,size=1m" rw: true nosuid: true noexec: true }',
     ]
-    for device in DEVICES:
-        lines.append(f'mount {{ src: "/dev/{device}" dst: "/dev/{device}" is_bind: true rw: true nosuid: true noexec: true }}')
+    for device in rootfs_layout.DEVICES:
+        source = f"{devices or '/dev'}/{device}"
+        lines.append(f'mount {{ src: {quote(source)} dst: "/dev/{device}" is_bind: true rw: true nosuid: true noexec: true }}')
     lines += [
         'mount { dst: "/dev/shm" fstype: "tmpfs" options: "mode=1777,size=64m" rw: true nosuid: true nodev: true }',
         'mount { dst: "/dev/pts" fstype: "devpts" options: "newinstance,ptmxmode=0666,mode=0620" rw: true nosuid: true noexec: true mandatory: false }',
@@ -146,10 +157,26 @@ def render_config(spec: JailSpec) -> str:
         'mount { src: "/proc/self/fd/1" dst: "/dev/stdout" is_symlink: true }',
         'mount { src: "/proc/self/fd/2" dst: "/dev/stderr" is_symlink: true }',
     ]
-    for entry in PROC_MASKS:
-        lines.append(f'mount {{ src: "/dev/null" dst: "/proc/{entry}" is_bind: true rw: false mandatory: false }}')
+    lines += proc_masks(f"{devices or '/dev'}/null")
     lines.append(f"seccomp_string: {quote(policy.load(spec.policy))}")
     return "\n".join(lines) + "\n"
+
+
+def proc_masks(null: str, proc: Path = Path("/proc")) -> list[str]:
+    """Mount lines hiding PROC_MASKS (files behind the device `null`), decided from what this kernel shows in `proc`."""
+    lines = []
+    for entry in PROC_MASKS:
+        path = proc / entry
+        try:
+            info = path.stat()
+        except OSError:
+            continue  # not in this kernel
+        if stat.S_ISDIR(info.st_mode):
+            lines.append(f'mount {{ dst: "/proc/{entry}" fstype: "tmpfs" options: "size=0,mode=555" rw: false is_dir: true '
+                         'nosuid: true nodev: true noexec: true }')
+        elif info.st_mode & 0o006:
+            lines.append(f'mount {{ src: {quote(null)} dst: "/proc/{entry}" is_bind: true rw: false is_dir: false }}')
+    return lines
 
 
 class NsjailBackend:
@@ -170,7 +197,8 @@ class NsjailBackend:
         binary = stage_nsjail(self.libexec_dir)
         config_fd = os.memfd_create("nsjail.cfg", 0)
         try:
-            os.write(config_fd, render_config(spec).encode())
+            devices = rootfs_layout.device_nodes(spec.rootfs.devices) if spec.rootfs.devices is not None else None
+            os.write(config_fd, render_config(spec, devices).encode())
             os.lseek(config_fd, 0, os.SEEK_SET)
             # with a disk image, the supervisor gets a private mount namespace to loop-mount it in
             prefix = PRIVATE_MOUNTS if spec.rootfs.disk_image else []
