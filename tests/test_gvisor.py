@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from isolate import IsolateError, Sandbox
-from isolate.jail.gvisor import MAX_VARIABLE, SLOTS_DIR, WAIT_VARIABLE, Slots, container_id
+from isolate.jail.gvisor import MAX_VARIABLE, WAIT_VARIABLE, Slots, container_id
 from tests.conftest import backend_missing, host_processes_mentioning, unique_name
 
 pytestmark = pytest.mark.skipif(backend_missing("gvisor") is not None, reason=f"gvisor: {backend_missing('gvisor')}")
@@ -33,41 +33,34 @@ def gvisor_sandbox(gvisor_manager):
     manager.destroy(name)
 
 
-def slot_locks_held(pids: list[int]) -> list[str]:
-    """Slot lock files open in these processes (the Sentry's children inherit its descriptor)."""
-    held = []
-    for pid in pids:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith(str(SLOTS_DIR) + "/"):
-                held.append(target)
-    return held
+def fake_cgroup(folder: Path, running: bool) -> Path:
+    folder.mkdir()
+    (folder / "cgroup.procs").write_text(f"{os.getpid()}\n" if running else "")
+    return folder
 
 
-def test_slots_bound_how_many_can_be_held_at_once(tmp_path):
-    slots = Slots(tmp_path, limit=2, wait=0)
-    first, second = slots.acquire(), slots.acquire()
+def test_slots_count_the_registered_cgroups_that_have_processes(tmp_path):
+    slots = Slots(tmp_path / "slots", limit=2, wait=0)
+    first, second = fake_cgroup(tmp_path / "a", True), fake_cgroup(tmp_path / "b", True)
+    for cgroup in (first, second):
+        with slots.claim(cgroup):
+            pass
     assert slots.in_use() == 2
-    with pytest.raises(IsolateError) as caught:
-        slots.acquire()
+    with pytest.raises(IsolateError) as caught, slots.claim(fake_cgroup(tmp_path / "c", True)):
+        pass
     assert caught.value.code == "RESOURCE_BUSY" and MAX_VARIABLE in caught.value.message
-    os.close(first)  # as when a sandbox's Sentry exits, however it exits
-    third = slots.acquire()
-    assert slots.in_use() == 2
-    for fd in (second, third):
-        os.close(fd)
-    assert slots.in_use() == 0
+    (first / "cgroup.procs").write_text("")  # as when a sandbox's processes end, however they end
+    with slots.claim(tmp_path / "c"):
+        pass
+    assert sorted(slots.holders()) == [second, tmp_path / "c"]
 
 
 def test_a_running_sandbox_holds_one_slot_until_it_stops(gvisor_sandbox, gvisor_manager):
-    manager = gvisor_manager
     gvisor_sandbox.exec("true", [])
-    assert len(set(slot_locks_held(manager.cgroup(gvisor_sandbox._record).pids()))) == 1
+    folder = gvisor_manager.cgroup(gvisor_sandbox._record).folders[0]
+    assert Slots().holders().count(folder) == 1
     gvisor_sandbox.stop()
-    assert manager.cgroup(gvisor_sandbox._record).pids() == []
+    assert folder not in Slots().holders()
 
 
 def test_starting_past_the_bound_fails_clearly_and_loses_nothing(gvisor_sandbox, monkeypatch):

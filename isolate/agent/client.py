@@ -199,7 +199,7 @@ class AgentClient:
                 if answered:
                     raise SandboxError(f"sandbox agent went away mid-answer: {exc}") from None
                 if not pooled:
-                    if fresh_retried or not self._door_closes():
+                    if fresh_retried or not self._door_closes(deadline):
                         raise SandboxError(f"sandbox agent is not answering: {self.describe_failure()}") from None
                     fresh_retried = True
                 self.close()  # the agent behind every pooled connection is gone; retry on a fresh one
@@ -210,11 +210,11 @@ class AgentClient:
                 if conn is not None:
                     conn.close()
 
-    def _door_closes(self, within: float = 2.0) -> bool:
-        """Whether the door closes soon: the agent that dropped a fresh connection is ending."""
-        deadline = time.monotonic() + within
+    def _door_closes(self, deadline: float | None, within: float = 2.0) -> bool:
+        """Whether the door closes soon (before the call's deadline): the agent that dropped a fresh connection is ending."""
+        until = time.monotonic() + within if deadline is None else min(time.monotonic() + within, deadline)
         while door_is_open(self.socket_path):
-            if time.monotonic() > deadline:
+            if time.monotonic() > until:
                 return False
             time.sleep(0.02)
         return True

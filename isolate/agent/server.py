@@ -1227,6 +1227,16 @@ def kill_group(pid):
         pass
 
 
+def forget_stdio():
+    """The agent's own stdin, stdout and stderr become /dev/null: they are the jail's (under gVisor,
+    host files such as the jail's log, which /proc/self/fd would let a request reopen)."""
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    if null > 2:
+        os.close(null)
+
+
 def close_on_exec_all():
     """Whatever the jail handed over (the door, a slot lock) must not reach the commands."""
     for name in os.listdir("/proc/self/fd"):
@@ -1271,6 +1281,7 @@ def main(argv):
     os.chdir("/")
     close_on_exec_all()
     protect_from_commands()
+    forget_stdio()
     Agent(int(argv[1]), float(argv[2])).serve_forever()
 
 

@@ -13,8 +13,8 @@ How a sandbox starts:
    as with nsjail), no capabilities, no_new_privs, rlimits, no network but loopback,
    the project's seccomp policy rendered for the Sentry, and runsc's own in-memory rootfs
    overlay turned off (`--overlay2=none`) so every write lands in the upper folder.
-   The door comes in with `--pass-fd`, and so does a slot lock: a host-wide bound on
-   running gVisor sandboxes (see `Slots`).
+   The door comes in with `--pass-fd`, and so does a memory file with the agent's code.
+   A host-wide bound limits how many gVisor sandboxes run at once (see `Slots`).
 
 The host limits leave room for the Sentry: gVisor's own threads count against a host pids
 limit (hitting it makes the Sentry panic) and its memory against the host memory limit
@@ -25,6 +25,7 @@ pids limit is RLIMIT_NPROC, which the Sentry enforces for the sandbox's processe
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -39,6 +40,7 @@ from pathlib import Path
 
 from .. import kafel, policy, rootfs
 from ..agent import agent_argv, agent_code_file
+from ..cgroups import SandboxCgroup
 from ..errors import HostError, IsolateError, SandboxError
 from ..net import netns
 from ..rootfs import MOUNT_POINT
@@ -51,10 +53,10 @@ mount -n -t overlay -o "$2" overlay "$1" || exit 95
 shift 2
 exec "$@"
 """
-DOOR_FD, SLOT_FD, CODE_FD = 3, 4, 5  # where the agent finds them inside
+DOOR_FD, CODE_FD = 3, 4  # where the agent finds them inside
 SENTRY_MEMORY_MB = 64  # the Sentry (~16 MiB idle), the gofer (~7 MiB) and their buffers, beside the sandbox's own memory
 SENTRY_PIDS = 512  # host threads of the Sentry and gofer, plus one stub per sandbox process
-SLOTS_DIR = Path("/run/isolate/gvisor-slots")
+SLOTS_DIR = Path("/run/isolate/gvisor-running")
 MAX_VARIABLE, WAIT_VARIABLE = "ISOLATE_GVISOR_MAX", "ISOLATE_GVISOR_WAIT"
 DEFAULT_WAIT = 30.0
 START_TIMEOUT = 60.0
@@ -71,13 +73,13 @@ def container_id(name: str) -> str:
 
 
 class Slots:
-    """A host-wide bound on running gVisor sandboxes: one flock'ed file per running sandbox.
+    """A host-wide bound on running gVisor sandboxes, counted from their cgroups.
 
-    The lock's file descriptor is handed to the Sentry, so the slot is held exactly as
-    long as the sandbox runs and the kernel frees it when the sandbox ends, even after a
-    crash of everything else. Held locks are counted under a guard lock, so the bound
-    holds between processes that start sandboxes at the same moment, and after the
-    bound is lowered.
+    A gVisor sandbox being started registers its cgroup (a link in SLOTS_DIR); its slot is
+    held while that cgroup has processes, so it is freed exactly when the sandbox's processes
+    end, however they end, and nothing of the host reaches inside to hold it. Registration
+    happens under a guard lock, kept until the new sandbox's supervisor is in its cgroup, so
+    two processes starting sandboxes at the same moment cannot both take the last slot.
     """
 
     def __init__(self, folder: Path = SLOTS_DIR, limit: int | None = None, wait: float | None = None):
@@ -85,53 +87,45 @@ class Slots:
         self.limit = limit if limit is not None else int(os.environ.get(MAX_VARIABLE, default_max_sandboxes()))
         self.wait = wait if wait is not None else float(os.environ.get(WAIT_VARIABLE, DEFAULT_WAIT))
 
-    def acquire(self) -> int:
-        """A descriptor holding a free slot; waits up to `wait` seconds, then fails with RESOURCE_BUSY."""
+    @contextlib.contextmanager
+    def claim(self, cgroup_folder: Path) -> Iterator[None]:
+        """Register the sandbox whose cgroup is `cgroup_folder`; the guard is held until the block ends
+        (by then the sandbox must have a process in that cgroup). RESOURCE_BUSY after `wait` seconds."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        link = self.folder / hashlib.sha256(str(cgroup_folder).encode()).hexdigest()[:24]
         deadline = time.monotonic() + self.wait
         while True:
             with self._guard():
-                held, free = self._scan(keep_free=True)
-                if held < self.limit:
-                    return free if free is not None else self._lock(self._file(len(list(self.folder.glob("*.lock")))))
-                if free is not None:
-                    os.close(free)
+                live = self.holders(prune=True)
+                if len(live) < self.limit:
+                    link.unlink(missing_ok=True)
+                    link.symlink_to(cgroup_folder)
+                    yield
+                    return
             if time.monotonic() >= deadline:
-                raise IsolateError(f"{held} gVisor sandboxes already run on this host, the bound ({MAX_VARIABLE}={self.limit}); "
+                raise IsolateError(f"{len(live)} gVisor sandboxes already run on this host, the bound ({MAX_VARIABLE}={self.limit}); "
                                    "stop one or raise the bound", code="RESOURCE_BUSY")
             time.sleep(0.1)
 
-    def in_use(self) -> int:
-        if not self.folder.is_dir():
-            return 0
-        with self._guard():
-            return self._scan(keep_free=False)[0]
-
-    def _file(self, index: int) -> Path:
-        return self.folder / f"{index}.lock"
-
-    @staticmethod
-    def _lock(path: Path) -> int:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # cannot fail: the guard is held and the file is new or free
-        return fd
-
-    def _scan(self, *, keep_free: bool) -> tuple[int, int | None]:
-        """How many slots are held, and (if asked) a descriptor locking one free slot."""
-        held, free = 0, None
-        for path in sorted(self.folder.glob("*.lock")):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                held += 1
-                os.close(fd)
+    def holders(self, *, prune: bool = False) -> list[Path]:
+        """The cgroups of the registered sandboxes that have processes (with `prune`, the others are forgotten)."""
+        live = []
+        for link in self.folder.glob("*") if self.folder.is_dir() else ():
+            if link.name == "guard":
                 continue
-            if keep_free and free is None:
-                free = fd
-            else:
-                os.close(fd)
-        return held, free
+            try:
+                target = Path(os.readlink(link))
+                running = bool((target / "cgroup.procs").read_text().split())
+            except OSError:
+                running = False
+            if running:
+                live.append(target)
+            elif prune:
+                link.unlink(missing_ok=True)
+        return live
+
+    def in_use(self) -> int:
+        return len(self.holders())
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -143,15 +137,36 @@ class Slots:
             os.close(fd)
 
 
+def _joined(cgroup: SandboxCgroup, process: subprocess.Popen[bytes], within: float = 10.0) -> None:
+    """Wait until the supervisor is in the sandbox's cgroup (its first act), or has ended."""
+    deadline = time.monotonic() + within
+    while not cgroup.pids() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+
 def _in_image(spec: JailSpec, path: str) -> bool:
     relative = path.lstrip("/")
     return os.path.lexists(spec.rootfs.lower / relative) or os.path.lexists(spec.rootfs.upper / relative)
 
 
+def _to_init(call: str) -> dict[str, object]:
+    return {"names": [call], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.EPERM,
+            "args": [{"index": 0, "value": 0xFFFFFFFF, "valueTwo": 1, "op": "SCMP_CMP_MASKED_EQ"}]}
+
+
+# Linux lets nothing inside a pid namespace stop or kill its init (the agent) with a signal it does
+# not handle; gVisor's kernel does (a command could freeze the agent with SIGSTOP). Signals aimed
+# at pid 1 are refused in front of the policy's own rules. (A signal aimed at one of the agent's
+# other threads by its thread id still reaches it: that sandbox stops answering, until stopped.)
+PROTECT_INIT = [_to_init(call) for call in ("kill", "tgkill", "tkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo", "pidfd_open")]
+
+
 @functools.lru_cache(maxsize=8)
 def oci_seccomp(policy_text: str) -> kafel.Rendering:
-    """The policy rendered for runsc (once per policy text: rendering costs milliseconds of every start)."""
-    return kafel.to_oci(kafel.parse(policy_text))
+    """The policy rendered for runsc, behind PROTECT_INIT (once per policy text: rendering costs milliseconds)."""
+    rendering = kafel.to_oci(kafel.parse(policy_text))
+    profile = {**rendering.profile, "syscalls": [*PROTECT_INIT, *rendering.profile["syscalls"]]}  # type: ignore[list-item]
+    return kafel.Rendering(profile, rendering.skipped)
 
 
 def _rlimit(kind: str, value: int) -> dict[str, object]:
@@ -165,6 +180,8 @@ def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
         {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "nodev", "noexec"]},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "noexec", "mode=755", "size=1m"]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "nodev", "mode=1777", "size=64m"]},
+        # runsc mounts its own sysfs when none is named; named, it is at least read-only
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["ro", "nosuid", "nodev", "noexec"]},
         # named explicitly, or runsc puts a memory-backed tmpfs over /tmp: it stays in the upper layer, as with nsjail
         {"destination": "/tmp", "type": "bind", "source": str(rootfs_dir / "tmp"), "options": ["rbind", "rw", "nosuid", "nodev"]},
     ]
@@ -173,11 +190,7 @@ def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
     # like nsjail's `mandatory: false`: an image without the target file goes without (runsc could not make it)
     mounts += [{"destination": target, "type": "bind", "source": source, "options": ["bind", "ro", "nosuid", "nodev", "noexec"]}
                for source, target in spec.files if _in_image(spec, target)]
-    # One capability, inside gVisor's kernel only: binding ports below 1024. nsjail's sandboxes get that
-    # from their namespace's ip_unprivileged_port_start=0, which the Sentry does not read; the host
-    # still checks that sysctl when the Sentry binds the real socket in the sandbox's namespace.
-    bind_only = ["CAP_NET_BIND_SERVICE"]
-    capabilities = {"bounding": bind_only, "effective": bind_only, "inheritable": [], "permitted": bind_only, "ambient": bind_only}
+    no_capabilities: dict[str, list[str]] = {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []}
     return {
         "ociVersion": "1.0.2",
         "process": {
@@ -185,7 +198,7 @@ def render_spec(spec: JailSpec, rootfs_dir: Path) -> dict[str, object]:
             "args": agent_argv(DOOR_FD, spec.idle_timeout, CODE_FD),
             "env": [f"{key}={value}" for key, value in {**AGENT_ENV, **spec.env}.items()],
             "cwd": "/",
-            "capabilities": capabilities,
+            "capabilities": no_capabilities,
             "noNewPrivileges": True,
             "rlimits": [
                 _rlimit("RLIMIT_NOFILE", limits.open_files),
@@ -237,17 +250,17 @@ class GvisorBackend:
         runsc = [str(binary), f"--root={state}", f"--platform={platform}", f"--network={'host' if spec.netns else 'none'}",
                  "--overlay2=none", "--ignore-cgroups", "--oci-seccomp", "run", "--detach", f"--bundle={bundle}",
                  f"--pid-file={pid_file}", f"--pass-fd={spec.door_fd}:{DOOR_FD}"]
-        slot = self.slots.acquire()
         code = agent_code_file()
         try:
             argv = [*PRIVATE_MOUNTS, "/bin/sh", "-c", SUPERVISOR, "isolate-gvisor", *prelude_args(spec), str(rootfs_dir), overlay,
-                    *runsc, f"--pass-fd={slot}:{SLOT_FD}", f"--pass-fd={code}:{CODE_FD}", container_id(spec.name)]
-            with open(spec.run_dir / "jail.log", "ab") as log, netns.entered(spec.netns) if spec.netns else contextlib.nullcontext():
-                process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                           pass_fds=(spec.door_fd, slot, code), start_new_session=True,
-                                           env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+                    *runsc, f"--pass-fd={code}:{CODE_FD}", container_id(spec.name)]
+            with self.slots.claim(spec.cgroup.folders[0]):
+                with open(spec.run_dir / "jail.log", "ab") as log, netns.entered(spec.netns) if spec.netns else contextlib.nullcontext():
+                    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                                               pass_fds=(spec.door_fd, code), start_new_session=True,
+                                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+                _joined(spec.cgroup, process)
         finally:
-            os.close(slot)  # the Sentry holds it now
             os.close(code)
         return self._sentry(process, pid_file, spec)
 

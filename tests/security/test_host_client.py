@@ -22,14 +22,14 @@ DEADLINE = 0.5
 
 
 class FakeAgent:
-    """Accepts connections on a unix socket and answers each request with `behave(connection)`."""
+    """Holds a door as the real agent does (a datagram socket each connection is passed through)
+    and answers each request with `behave(connection)`; with `accept=False` it never reads the door."""
 
-    def __init__(self, behave, backlog: int = 16, accept: bool = True):
+    def __init__(self, behave, accept: bool = True):
         self.folder = tempfile.TemporaryDirectory()
         self.path = str(Path(self.folder.name) / "agent.sock")
-        self.listener = socket.socket(socket.AF_UNIX)
-        self.listener.bind(self.path)
-        self.listener.listen(backlog)
+        self.door = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.door.bind(self.path)
         self.behave = behave
         if accept:
             threading.Thread(target=self._serve, daemon=True).start()
@@ -37,10 +37,11 @@ class FakeAgent:
     def _serve(self) -> None:
         while True:
             try:
-                connection, _ = self.listener.accept()
+                _, fds, _, _ = socket.recv_fds(self.door, 1, 4)
             except OSError:
                 return
-            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+            for fd in fds:
+                threading.Thread(target=self._answer, args=(socket.socket(fileno=fd),), daemon=True).start()
 
     def _answer(self, connection: socket.socket) -> None:
         try:
@@ -55,7 +56,7 @@ class FakeAgent:
         return AgentClient(Path(self.path), lambda: None, lambda: "fake agent")
 
     def close(self) -> None:
-        self.listener.close()
+        self.door.close()
         self.folder.cleanup()
 
 
@@ -110,22 +111,19 @@ def test_an_answer_dripped_a_byte_at_a_time_is_abandoned_at_the_deadline():
 
 
 def test_an_agent_that_stopped_accepting_does_not_hang_the_caller():
-    agent = FakeAgent(lambda connection: None, backlog=1, accept=False)
-    fillers = []
+    agent = FakeAgent(lambda connection: None, accept=False)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
     try:
-        for _ in range(8):
-            filler = socket.socket(socket.AF_UNIX)
-            filler.setblocking(False)
+        filler.connect(agent.path)
+        for _ in range(100000):  # fill the door's queue, as an agent that stopped reading it would leave it
             try:
-                filler.connect(agent.path)
+                filler.send(b"x")
             except BlockingIOError:
-                filler.close()
                 break
-            fillers.append(filler)
         assert call_within_deadline(agent) == "SANDBOX_START_FAILED"
     finally:
-        for filler in fillers:
-            filler.close()
+        filler.close()
         agent.close()
 
 

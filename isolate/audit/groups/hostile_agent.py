@@ -274,31 +274,28 @@ def hostile_wrong_types(audit: Audit) -> str:
 
 @case(GROUP, "hostile-agent-stops-accepting", "SANDBOX_START_FAILED")
 def hostile_stops_accepting(audit: Audit) -> str:
-    """The agent stops accepting connections and its backlog fills: a call gives up instead of hanging."""
+    """The agent stops reading its door and the door's queue fills: a call gives up instead of hanging."""
     sandbox = _hostile(audit)
     _call(audit, {"op": "exists", "path": "/hostile-stop"})
     audit.manager.client(sandbox.name).close()
     import socket
 
-    fillers = []
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
     try:
-        for _ in range(256):  # more than any listen() backlog the host uses
-            filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            filler.setblocking(False)
+        filler.connect(str(audit.manager.socket_path(sandbox.name)))
+        for _ in range(100000):  # more than any queue the kernel allows a datagram socket
             try:
-                filler.connect(str(audit.manager.socket_path(sandbox.name)))
+                filler.send(b"x")
             except BlockingIOError:
-                filler.close()
                 break
-            fillers.append(filler)
         started = time.monotonic()
         outcome = _call(audit, {"op": "ping"}, timeout=2.0)
         running = audit.manager.is_running(sandbox.name)
         elapsed = time.monotonic() - started
         return outcome if elapsed < 6 and running else f"{outcome}, running={running}, {elapsed:.1f} s"
     finally:
-        for filler in fillers:
-            filler.close()
+        filler.close()
 
 
 @case(GROUP, "hostile-agent-destroyed", "gone")

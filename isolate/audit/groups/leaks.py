@@ -53,11 +53,15 @@ def hostname(audit: Audit) -> str:
     return " ".join(sorted(names))
 
 
-@case(GROUP, "host-boot-command-line", "empty")
+@case(GROUP, "host-boot-command-line", "empty",
+      differs=(("gvisor", "not the host's", "gVisor's kernel shows a fixed command line of its own"),))
 def host_boot_command_line(audit: Audit) -> str:
     """/proc/cmdline, the host's boot command line (it can hold addresses, tokens, the host's setup), is empty inside."""
     text = audit.exec(audit.sandbox(GROUP), "cat", ["/proc/cmdline"]).stdout
-    return "empty" if not text.strip() else f"{len(text)} bytes"
+    if not text.strip():
+        return "empty"
+    with open("/proc/cmdline") as handle:
+        return f"{len(text)} bytes of the host's" if text.strip() == handle.read().strip() else "not the host's"
 
 
 @case(GROUP, "host-shell-setup-files", "none of the host's")

@@ -50,7 +50,10 @@ def fork_bomb(audit: Audit) -> str:
         peak = max(peak, len(audit.host_pids(sandbox)))
         time.sleep(0.05)
     time.sleep(1.0)
-    if peak > SMALL.pids + 2:  # the jail's supervisor sits in the cgroup too
+    # the host's limit on the sandbox's cgroup (gVisor's adds room for the Sentry's own threads and stubs,
+    # and enforces the sandbox's limit inside); the jail's supervisor sits in the cgroup too
+    limit = audit.manager.backend(audit.backend).host_limits(SMALL).pids
+    if peak > limit + 2:
         return f"{peak} processes"
     return f"contained, {'sandbox answers' if _answers(sandbox) else 'sandbox dead'}"
 
