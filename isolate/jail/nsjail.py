@@ -195,6 +195,8 @@ class NsjailBackend:
 
     def start(self, spec: JailSpec) -> int:
         binary = stage_nsjail(self.libexec_dir)
+        _work_dir(spec.uid).mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chown(_work_dir(spec.uid), spec.uid, spec.uid)
         config_fd = os.memfd_create("nsjail.cfg", 0)
         try:
             devices = rootfs_layout.device_nodes(spec.rootfs.devices) if spec.rootfs.devices is not None else None
@@ -220,4 +222,12 @@ class NsjailBackend:
         return process.pid
 
     def cleanup(self, run_dir: Path, sandbox_dir: Path) -> None:
-        """nsjail keeps nothing beside the cgroup: its mounts die with its mount namespace."""
+        """Its mounts die with its mount namespace; what is left is nsjail's empty work folder."""
+        with contextlib.suppress(OSError):
+            shutil.rmtree(_work_dir(sandbox_dir.stat().st_uid))
+
+
+def _work_dir(uid: int) -> Path:
+    """Where nsjail, running as `uid`, makes its mount work folders (its first choice). Made here so
+    they do not pile up in the host's /tmp, its fallback; removed with the sandbox's processes."""
+    return Path("/run/user") / str(uid)
