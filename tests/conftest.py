@@ -54,6 +54,24 @@ def state_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends(*names): belongs to these backends' passes only (not collected in others)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop, rather than skip, the backend passes a test does not belong to (a `backends` mark, or
+    an audit case that applies to some backends only): a skip would read as something not run."""
+    kept, dropped = [], []
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        marker = item.get_closest_marker("backends")
+        allowed = tuple(marker.args) if marker else tuple(getattr(params.get("attack"), "backends", ()))
+        (dropped if allowed and params.get("backend", allowed[0]) not in allowed else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(scope="session", params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     reason = backend_missing(request.param)

@@ -14,14 +14,15 @@ from isolate import IsolateError, Sandbox
 from isolate.jail.gvisor import MAX_VARIABLE, WAIT_VARIABLE, Slots, container_id
 from tests.conftest import backend_missing, host_processes_mentioning, unique_name
 
-pytestmark = pytest.mark.skipif(backend_missing("gvisor") is not None, reason=f"gvisor: {backend_missing('gvisor')}")
+pytestmark = [
+    pytest.mark.skipif(backend_missing("gvisor") is not None, reason=f"gvisor: {backend_missing('gvisor')}"),
+    pytest.mark.backends("gvisor"),
+]
 
 
 @pytest.fixture
-def gvisor_manager(manager, backend):
-    """The session's manager in its gvisor pass (these tests need no second run in the nsjail pass)."""
-    if backend != "gvisor":
-        pytest.skip("gVisor-only: runs in the gvisor pass")
+def gvisor_manager(manager):
+    """The session's manager in its gvisor pass (the only pass these tests are collected in)."""
     return manager
 
 
