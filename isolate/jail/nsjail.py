@@ -37,6 +37,7 @@ SUPERVISOR = r"""
 uid=$1 config=$2 nsjail=$3
 shift 3
 """ + SUPERVISOR_PRELUDE + r"""
+mount -n -t tmpfs -o size=1m,mode=1777,nosuid,nodev isolate-nsjail-work /tmp || exit 95
 exec /usr/bin/setpriv --reuid="$uid" --regid="$uid" --clear-groups -- "$nsjail" --config "/proc/self/fd/$config" -- "$@"
 """
 _NEEDS_ESCAPE = re.compile(rb'[^ -~]|["\\]')
@@ -195,15 +196,14 @@ class NsjailBackend:
 
     def start(self, spec: JailSpec) -> int:
         binary = stage_nsjail(self.libexec_dir)
-        _work_dir(spec.uid).mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chown(_work_dir(spec.uid), spec.uid, spec.uid)
         config_fd = os.memfd_create("nsjail.cfg", 0)
         try:
             devices = rootfs_layout.device_nodes(spec.rootfs.devices) if spec.rootfs.devices is not None else None
             os.write(config_fd, render_config(spec, devices).encode())
             os.lseek(config_fd, 0, os.SEEK_SET)
-            # with a disk image, the supervisor gets a private mount namespace to loop-mount it in
-            prefix = PRIVATE_MOUNTS if spec.rootfs.disk_image else []
+            # The supervisor's own mount namespace holds the loop-mounted disk image and a tmpfs on /tmp
+            # for nsjail's work folders (it would leave them in the host's /tmp): both go with the jail.
+            prefix = PRIVATE_MOUNTS
             argv = [*prefix, "/bin/sh", "-c", SUPERVISOR, "isolate-supervisor", str(spec.uid), str(config_fd), str(binary),
                     *prelude_args(spec), *agent_argv(spec.door_fd, spec.idle_timeout)]
             with open(spec.run_dir / "jail.log", "ab") as log, netns.entered(spec.netns) if spec.netns else contextlib.nullcontext():
@@ -222,12 +222,4 @@ class NsjailBackend:
         return process.pid
 
     def cleanup(self, run_dir: Path, sandbox_dir: Path) -> None:
-        """Its mounts die with its mount namespace; what is left is nsjail's empty work folder."""
-        with contextlib.suppress(OSError):
-            shutil.rmtree(_work_dir(sandbox_dir.stat().st_uid))
-
-
-def _work_dir(uid: int) -> Path:
-    """Where nsjail, running as `uid`, makes its mount work folders (its first choice). Made here so
-    they do not pile up in the host's /tmp, its fallback; removed with the sandbox's processes."""
-    return Path("/run/user") / str(uid)
+        """nsjail keeps nothing beside the cgroup: its mounts and work folders die with its mount namespace."""
