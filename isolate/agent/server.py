@@ -1052,30 +1052,32 @@ class ProcessTable:
 
     def terminate(self, processes):
         """SIGTERM each process tree, SIGKILL what is left after KILL_GRACE seconds; wait until each is
-        reported and every member of its tree is gone (reaped, not a zombie still listed in /proc)."""
-        members = set()
+        reported and every member of its tree is gone (reaped, not a zombie still listed in /proc).
+        The trees are looked at again each round: a child forked while the signals went out, or an
+        orphan that kept the session, is found and signalled too."""
         for process in processes:
             process.killed = True
-            members.update(tree_of(process.pid))
-            kill_tree(process.pid, 15)
+        members, signalled = set(), set()
         deadline = time.monotonic() + KILL_GRACE
-        killed = False
+        sig = 15
         while True:
+            for process in processes:
+                members.update(tree_of(process.pid, include_root=not process.finished()))
+            for pid in members - signalled:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+                signalled.add(pid)
             with self.agent.lock:
                 left = [p for p in processes if not p.finished()]
             alive = [pid for pid in members if os.path.exists("/proc/%d" % pid)]
             if not left and not alive:
                 return
             now = time.monotonic()
-            if now >= deadline and not killed:
-                killed = True
-                for process in left:
-                    kill_tree(process.pid, 9)
-                for pid in alive:
-                    try:
-                        os.kill(pid, 9)
-                    except OSError:
-                        pass
+            if now >= deadline and sig == 15:
+                sig = 9
+                signalled.clear()  # everything still there gets SIGKILL next round
             elif now >= deadline + KILL_GRACE:
                 return
             time.sleep(0.01)
