@@ -17,9 +17,15 @@ How a sandbox starts:
    A host-wide bound limits how many gVisor sandboxes run at once (see `Slots`).
 
 The host limits leave room for the Sentry: gVisor's own threads count against a host pids
-limit (hitting it makes the Sentry panic) and its memory against the host memory limit
-(hitting it ends the whole sandbox, which is then reported as an OOM). Inside, the sandbox's
-pids limit is RLIMIT_NPROC, which the Sentry enforces for the sandbox's processes.
+limit (hitting it makes the Sentry panic), its memory against the host memory limit
+(hitting it ends the whole sandbox, which is then reported as an OOM), and its CPU time
+against the host CPU quota (systrap's dispatcher and stub threads spin while they wait for
+each other, so a loop of short commands needs ~1.1 cores where nsjail's needs under one:
+held to exactly the sandbox's share, the whole sandbox, Sentry included, is throttled to a
+stop for the rest of each 100 ms period, which costs warm execs ~1.3 ms of median and
+~2.5 ms of p90). Inside, the sandbox's pids limit is RLIMIT_NPROC, which the Sentry enforces
+for the sandbox's processes; gVisor keeps no CPU quota of its own, so the host quota is the
+one CPU limit, a quarter above the share (a CPU hog still gets at most 1.25x its share).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ exec "$@"
 DOOR_FD, CODE_FD = 3, 4  # where the agent finds them inside
 SENTRY_MEMORY_MB = 64  # the Sentry (~16 MiB idle), the gofer (~7 MiB) and their buffers, beside the sandbox's own memory
 SENTRY_PIDS = 512  # host threads of the Sentry and gofer, plus one stub per sandbox process
+SENTRY_CPU_PERCENT = 25  # of the sandbox's CPU share: the Sentry's work and spinning beside the sandbox's own
 SLOTS_DIR = Path("/run/isolate/gvisor-running")
 MAX_VARIABLE, WAIT_VARIABLE = "ISOLATE_GVISOR_MAX", "ISOLATE_GVISOR_WAIT"
 DEFAULT_WAIT = 30.0
@@ -234,7 +241,9 @@ class GvisorBackend:
         oci_seccomp(policy_text)
 
     def host_limits(self, limits: Limits) -> Limits:
-        return replace(limits, memory_mb=limits.memory_mb + SENTRY_MEMORY_MB, pids=limits.pids + SENTRY_PIDS)
+        """The sandbox's limits plus gVisor's own share of memory, threads and CPU (see the module's docstring)."""
+        cpu_percent = limits.cpu_percent + limits.cpu_percent * SENTRY_CPU_PERCENT // 100
+        return replace(limits, memory_mb=limits.memory_mb + SENTRY_MEMORY_MB, pids=limits.pids + SENTRY_PIDS, cpu_percent=cpu_percent)
 
     def start(self, spec: JailSpec) -> int:
         binary = find_runsc()
