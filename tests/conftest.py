@@ -98,6 +98,8 @@ def manager(state_dir: Path, backend: str) -> Iterator[SandboxManager]:
     assert not leftovers, f"tests left cgroups behind: {leftovers}"
     assert not network, f"tests left network state behind: {network}"
     assert not host_processes_mentioning(state_dir), "tests left processes behind"
+    assert not host_processes_mentioning(settings.runtime_dir), "tests left processes behind"
+    shutil.rmtree(settings.runtime_dir, ignore_errors=True)
     with open("/proc/self/mountinfo") as handle:
         assert str(state_dir) not in handle.read(), "tests left mounts behind"
 
@@ -164,6 +166,7 @@ def worker_state_dir(manager: SandboxManager) -> Iterator[Path]:
     workers_manager.clean_leftovers()
     cgroups.remove_parent(workers_manager.settings.instance)
     shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(workers_manager.settings.runtime_dir, ignore_errors=True)
     assert not leftovers, f"worker tests left cgroups behind: {leftovers}"
     assert not network, f"worker tests left network state behind: {network}"
 

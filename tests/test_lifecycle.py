@@ -72,7 +72,7 @@ def test_destroy_leaves_nothing_behind(manager, state_dir):
     group = manager.cgroup(sandbox._record).name
     sandbox.destroy()
     assert not (state_dir / "sandboxes" / name).exists()
-    assert not (state_dir / "run" / name).exists()
+    assert not manager.run_dir(name).exists()
     assert group not in cgroups.list_sandbox_cgroups(manager.settings.instance)
     host = subprocess.run(["ps", "-eo", "uid=,stat="], capture_output=True, text=True).stdout.splitlines()
     live = [line for line in host if line.split()[0] == str(uid) and not line.split()[1].startswith("Z")]
