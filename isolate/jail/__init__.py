@@ -14,7 +14,7 @@ from ..errors import ValidationError
 from ..rootfs import RootfsPlan
 from ..syscalls import MS_NOATIME, MS_NODEV, MS_NOSUID
 from ..types import Limits
-from .launch import Mount
+from .launch import Disk, Mount
 
 AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
 
@@ -39,13 +39,13 @@ class JailSpec:
     files: tuple[tuple[str, str], ...] = ()
 
 
-def disk_mount(spec: JailSpec) -> Mount | None:
+def disk_mount(spec: JailSpec) -> Disk | None:
     """The ext4 image that holds the sandbox's writable layer (when it has a disk quota), mounted
     where the rootfs plan expects it."""
     plan = spec.rootfs
     if plan.disk_image is None or plan.disk_mount is None:
         return None
-    return Mount(str(plan.disk_image), plan.disk_mount, "ext4", flags=MS_NOSUID | MS_NODEV | MS_NOATIME)
+    return Disk(Mount(str(plan.disk_image), plan.disk_mount, "ext4", flags=MS_NOSUID | MS_NODEV | MS_NOATIME), spec.run_dir / "loop")
 
 
 class Backend(Protocol):

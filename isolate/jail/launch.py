@@ -60,25 +60,33 @@ class Mount:
         syscalls.mount(source or self.source, self.target, self.fstype, self.flags, self.data or None)
 
 
-def attached_loop_device(image: Path) -> str | None:
-    """The loop device that already serves `image`, if any (a jail that is still going away):
-    mounting that same device gives the same file system, never a second one on the same file."""
-    wanted = str(image)
-    with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir("/sys/block"):
-            if entry.name.startswith("loop"):
-                with contextlib.suppress(OSError), open(f"/sys/block/{entry.name}/loop/backing_file") as handle:
-                    if handle.read().rstrip("\n") == wanted:
-                        return f"/dev/{entry.name}"
-    return None
+@dataclass(frozen=True)
+class Disk:
+    """A disk image to mount through a loop device; `record` remembers which device serves it."""
+
+    mount: Mount
+    record: Path
 
 
-def attach_loop_device(image: Path) -> tuple[str, int]:
-    """A loop device now serving `image`, and an open descriptor that holds it until the mount
-    does; the device detaches itself once nothing has it open or mounted any more (autoclear)."""
-    existing = attached_loop_device(image)
+def serving_loop_device(disk: Disk) -> str | None:
+    """The loop device that still serves the image (a jail of it going away), if any: mounting
+    that same device gives the same file system, never a second one on the same file. The
+    device is the one recorded at the last start: a look at every loop device costs ~1 ms."""
+    try:
+        device = disk.record.read_text()
+        with open(f"/sys/block/{Path(device).name}/loop/backing_file") as handle:
+            return device if handle.read().rstrip("\n") == disk.mount.source else None
+    except OSError:
+        return None
+
+
+def attach_loop_device(disk: Disk) -> tuple[str, int]:
+    """A loop device now serving the disk's image, and an open descriptor that holds it until
+    the mount does; the device detaches itself once nothing has it open or mounted (autoclear)."""
+    existing = serving_loop_device(disk)
     if existing is not None:
         return existing, os.open(existing, os.O_RDWR | os.O_CLOEXEC)
+    image = Path(disk.mount.source)
     backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
     try:
         config = bytearray(LOOP_CONFIG_SIZE)
@@ -91,9 +99,11 @@ def attach_loop_device(image: Path) -> tuple[str, int]:
                 device = os.open(path, os.O_RDWR | os.O_CLOEXEC)
                 try:
                     fcntl.ioctl(device, LOOP_CONFIGURE, bytes(config))
-                    return path, device
                 except OSError:
                     os.close(device)  # taken meanwhile: ask again
+                    continue
+                disk.record.write_text(path)
+                return path, device
             raise HostError(f"no free loop device for {image}")
         finally:
             os.close(control)
@@ -101,7 +111,7 @@ def attach_loop_device(image: Path) -> tuple[str, int]:
         os.close(backing)
 
 
-def start_supervisor(argv: list[str], *, cgroup_procs: list[str], disk: Mount | None, prepare: Callable[[], object],
+def start_supervisor(argv: list[str], *, cgroup_procs: list[str], disk: Disk | None, prepare: Callable[[], object],
                      netns_path: Path | None, pass_fds: tuple[int, ...], env: dict[str, str], stderr: int) -> subprocess.Popen[bytes]:
     """Start `argv` as the jail's supervisor: in its own mount namespace holding `disk` (a disk
     image, mounted through a loop device) and what `prepare` then makes there, inside
@@ -113,9 +123,9 @@ def start_supervisor(argv: list[str], *, cgroup_procs: list[str], disk: Mount | 
             syscalls.unshare(syscalls.CLONE_NEWNS)
             syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
             if disk is not None:
-                path, device = attach_loop_device(Path(disk.source))
+                path, device = attach_loop_device(disk)
                 try:
-                    disk.make(path)
+                    disk.mount.make(path)
                 finally:
                     os.close(device)
             prepare()
