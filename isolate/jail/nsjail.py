@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .. import policy
 from .. import rootfs as rootfs_layout
-from ..agent import agent_argv, agent_environment
+from ..agent import agent_argv, agent_code_file
 from ..errors import HostError
 from ..syscalls import MS_NOEXEC, MS_NOSUID
 from ..types import Limits
@@ -106,8 +106,9 @@ def prepare_namespace(spec: JailSpec) -> None:
     rootfs_layout.make_device_nodes(DEVICES_FOLDER)
 
 
-def render_config(spec: JailSpec, devices: Path = DEVICES_FOLDER) -> str:
-    """nsjail's config for `spec`; device nodes are bound from `devices`."""
+def render_config(spec: JailSpec, code_fd: int, devices: Path = DEVICES_FOLDER) -> str:
+    """nsjail's config for `spec`, handing the agent its door and the memory file `code_fd` with
+    its code; device nodes are bound from `devices`."""
     limits, rootfs = spec.limits, spec.rootfs
     overlay = f"lowerdir={rootfs.lower},upperdir={rootfs.upper},workdir={rootfs.work},userxattr"
     lines = [
@@ -121,6 +122,7 @@ def render_config(spec: JailSpec, devices: Path = DEVICES_FOLDER) -> str:
         "nice_level: 0",
         "log_level: WARNING",
         f"pass_fd: {spec.door_fd}",
+        f"pass_fd: {code_fd}",
         "rlimit_as_type: INF",
         "rlimit_core: 0",
         "rlimit_cpu_type: INF",
@@ -202,19 +204,20 @@ class NsjailBackend:
 
     def start(self, spec: JailSpec) -> int:
         binary = stage_nsjail(self.libexec_dir)
-        config_fd = os.memfd_create("nsjail.cfg", 0)
+        config_fd, code_fd = os.memfd_create("nsjail.cfg", 0), agent_code_file()
         try:
-            os.write(config_fd, render_config(spec).encode())
+            os.write(config_fd, render_config(spec, code_fd).encode())
             os.lseek(config_fd, 0, os.SEEK_SET)
-            argv = ["/usr/bin/setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups", "--",
-                    str(binary), "--config", f"/proc/self/fd/{config_fd}", "--", *agent_argv(spec.door_fd, spec.idle_timeout)]
+            argv = ["/usr/bin/setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups", "--", str(binary),
+                    "--config", f"/proc/self/fd/{config_fd}", "--", *agent_argv(spec.door_fd, spec.idle_timeout, code_fd)]
             with open(spec.run_dir / "jail.log", "ab") as log:
                 process = start_supervisor(argv, cgroup_procs=spec.cgroup.procs_files(), disk=disk_mount(spec),
                                            prepare=lambda: prepare_namespace(spec), netns_path=spec.netns,
-                                           pass_fds=(spec.door_fd, config_fd), env={**AGENT_ENV, **spec.env, **agent_environment()},
+                                           pass_fds=(spec.door_fd, config_fd, code_fd), env={**AGENT_ENV, **spec.env},
                                            stderr=log.fileno())
         finally:
             os.close(config_fd)
+            os.close(code_fd)
         reap_in_background(process)
         return process.pid
 
