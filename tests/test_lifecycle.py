@@ -11,7 +11,7 @@ import time
 import pytest
 
 from isolate import AsyncSandbox, InvalidNameError, Sandbox, SandboxManager, cgroups, get_sandbox
-from tests.conftest import unique_name
+from tests.conftest import loop_devices_serving, unique_name
 
 
 def cli(state_dir, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -79,6 +79,7 @@ def test_destroy_leaves_nothing_behind(manager, state_dir):
     assert live == []  # (an exited process may linger as a zombie until its parent reaps it)
     with open("/proc/mounts") as handle:
         assert name not in handle.read()
+    assert not loop_devices_serving(state_dir / "sandboxes" / name)
     assert manager.load(name) is None
 
 
