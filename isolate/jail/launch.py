@@ -134,6 +134,8 @@ def start_supervisor(argv: list[str], *, cgroup_procs: list[str], disk: Disk | N
                     ["/bin/sh", "-c", JOIN_CGROUPS, "isolate-supervisor", str(len(cgroup_procs)), *cgroup_procs, *argv],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=pass_fds,
                     start_new_session=True, env=env))
+        except OSError as exc:
+            outcome.append(HostError(f"cannot start the jail: {exc}"))
         except BaseException as exc:  # handed to the caller's thread
             outcome.append(exc)
 
