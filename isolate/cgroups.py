@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import syscalls
 from .errors import HostError
 from .types import Limits
 
@@ -46,9 +47,7 @@ def favors_dynamic_moves(root: Path = ROOT) -> bool:
     point = v2_mount_point(root)
     if point is None:
         return False
-    with open("/proc/self/mounts") as mounts:
-        return any(fields[1] == str(point) and "favordynmods" in fields[3].split(",")
-                   for fields in (line.split() for line in mounts))
+    return any(target == str(point) and "favordynmods" in options for _, target, _, options in syscalls.mount_table())
 
 
 def favor_dynamic_moves(root: Path = ROOT) -> bool:

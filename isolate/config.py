@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import syscalls
 from .net.policy import system_resolver
 from .types import Limits
 
@@ -28,8 +29,7 @@ def runtime_root() -> Path:
     chosen = os.environ.get("ISOLATE_RUNTIME_ROOT")
     if chosen:
         return Path(chosen)
-    with open("/proc/self/mounts") as mounts:
-        run_is_tmpfs = any(fields[1] == "/run" and fields[2] == "tmpfs" for fields in (line.split() for line in mounts))
+    run_is_tmpfs = any(target == "/run" and kind == "tmpfs" for _, target, kind, _ in syscalls.mount_table())
     return Path("/run" if run_is_tmpfs else "/dev/shm")
 
 

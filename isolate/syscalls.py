@@ -1,5 +1,5 @@
 """The few system calls isolate makes that Python's os module lacks (Python 3.11): mount,
-umount2, unshare and setns, through the C library."""
+umount2, unshare and setns, through the C library; and the mount table they change."""
 
 from __future__ import annotations
 
@@ -37,3 +37,9 @@ def mount(source: str, target: str | os.PathLike[str], fstype: str | None, flags
 
 def umount_detached(target: str | os.PathLike[str]) -> None:
     _check(_libc.umount2(os.fsencode(target), MNT_DETACH), f"cannot unmount {target}")
+
+
+def mount_table() -> list[tuple[str, str, str, list[str]]]:
+    """(source, mount point, file system type, options) of each mount this process sees."""
+    with open("/proc/self/mounts") as mounts:
+        return [(fields[0], fields[1], fields[2], fields[3].split(",")) for fields in (line.split() for line in mounts)]
