@@ -16,10 +16,12 @@ import contextlib
 import errno
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import syscalls
 from .errors import HostError
 from .types import Limits
 
@@ -30,6 +32,38 @@ CPU_PERIOD_US = 100_000
 
 def is_v2_host(root: Path = ROOT) -> bool:
     return (root / "cgroup.controllers").exists()
+
+
+def v2_mount_point(root: Path = ROOT) -> Path | None:
+    """Where the host's cgroup v2 hierarchy is mounted: `root` itself, or `root/unified` beside v1."""
+    for candidate in (root, root / "unified"):
+        if (candidate / "cgroup.procs").exists():
+            return candidate
+    return None
+
+
+def favors_dynamic_moves(root: Path = ROOT) -> bool:
+    """Whether moving a process between cgroups is cheap on this host (cgroup2's `favordynmods`)."""
+    point = v2_mount_point(root)
+    if point is None:
+        return False
+    return any(target == str(point) and "favordynmods" in options for _, target, _, options in syscalls.mount_table())
+
+
+def favor_dynamic_moves(root: Path = ROOT) -> bool:
+    """Make moving a process into a cgroup cheap; returns whether it now is.
+
+    Every sandbox start moves its supervisor into the sandbox's cgroups. After a quiet spell
+    the kernel makes each such move wait for an RCU grace period: 7 ms measured here, a
+    sixth of a cold start. The cgroup2 mount option `favordynmods` (Linux 6.0+) removes that
+    wait for every hierarchy, v1 included, at the cost of slightly dearer fork and exit (not
+    measurable here: `true` 0.87 ms either way). It stays until the host reboots.
+    """
+    point = v2_mount_point(root)
+    if point is None or favors_dynamic_moves(root):
+        return point is not None
+    subprocess.run(["mount", "-o", "remount,favordynmods", str(point)], capture_output=True, check=False)
+    return favors_dynamic_moves(root)
 
 
 def _write(path: Path, value: str) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import syscalls
 from .net.policy import system_resolver
 from .types import Limits
 
@@ -21,6 +23,16 @@ DEFAULT_NETWORK_POOL = "10.213.0.0/16"
 DEFAULT_GIT_SCHEMES = ("https", "http", "git", "ssh")
 
 
+@functools.lru_cache(maxsize=1)
+def runtime_root() -> Path:
+    """/run where it is a tmpfs (as under systemd), else /dev/shm; ISOLATE_RUNTIME_ROOT overrides."""
+    chosen = os.environ.get("ISOLATE_RUNTIME_ROOT")
+    if chosen:
+        return Path(chosen)
+    run_is_tmpfs = any(target == "/run" and kind == "tmpfs" for _, target, kind, _ in syscalls.mount_table())
+    return Path("/run" if run_is_tmpfs else "/dev/shm")
+
+
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path = field(default_factory=lambda: Path(os.environ.get("ISOLATE_STATE_DIR", DEFAULT_STATE_DIR)))
@@ -29,6 +41,8 @@ class Settings:
     backend: str = field(default_factory=lambda: os.environ.get("ISOLATE_BACKEND", "nsjail"))
     policy: str = "default"
     warm_pool: int = field(default_factory=lambda: int(os.environ.get("ISOLATE_WARM_POOL", "0")))
+    # Tune the host's cgroup2 mount for frequent moves (`cgroups.favor_dynamic_moves`): -7 ms per sandbox start.
+    favor_cgroup_moves: bool = field(default_factory=lambda: os.environ.get("ISOLATE_FAVOR_CGROUP_MOVES", "1") != "0")
     network_pool: str = field(default_factory=lambda: os.environ.get("ISOLATE_NETWORK_POOL", DEFAULT_NETWORK_POOL))
     # How allowlisted host names become addresses (the host's resolver by default; tests pass their own).
     resolver: Callable[[str], list[str]] = system_resolver
@@ -42,8 +56,15 @@ class Settings:
         return self.state_dir / "sandboxes"
 
     @property
+    def runtime_dir(self) -> Path:
+        """What lives only while jails run (agent doors, pids, logs, locks, runsc's state): on a
+        tmpfs, where the dozen files a start makes cost ~7 ms less than on disk, and which a
+        reboot empties together with the jails. Named per state folder, like the cgroups."""
+        return runtime_root() / "isolate" / self.instance
+
+    @property
     def run_dir(self) -> Path:
-        return self.state_dir / "run"
+        return self.runtime_dir / "run"
 
     @property
     def images_dir(self) -> Path:
@@ -55,7 +76,7 @@ class Settings:
 
     @property
     def locks_dir(self) -> Path:
-        return self.state_dir / "locks"
+        return self.runtime_dir / "locks"
 
     @property
     def uids_dir(self) -> Path:

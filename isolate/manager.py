@@ -70,10 +70,14 @@ class SandboxManager:
         if os.geteuid() != 0:
             raise IsolateError("isolate needs root to create sandboxes (namespaces, cgroups, uid maps)", code="HOST_NOT_READY")
         s = self.settings
-        for folder, mode in ((s.state_dir, 0o711), (s.sandboxes_dir, 0o711), (s.run_dir, 0o700), (s.images_dir, 0o755), (s.locks_dir, 0o700),
-                             (s.uids_dir, 0o700)):
+        for folder, mode in ((s.state_dir, 0o711), (s.sandboxes_dir, 0o711), (s.images_dir, 0o755), (s.uids_dir, 0o700),
+                             (s.runtime_dir.parent, 0o711), (s.runtime_dir, 0o711), (s.run_dir, 0o711), (s.locks_dir, 0o700)):
             folder.mkdir(mode=mode, parents=True, exist_ok=True)
+            if folder.is_symlink() or folder.stat().st_uid != 0:  # the runtime root may be /dev/shm, which anyone can write
+                raise IsolateError(f"{folder} is not a folder of root's; remove it and retry", code="HOST_NOT_READY")
             folder.chmod(mode)
+        if s.favor_cgroup_moves:
+            cgroups.favor_dynamic_moves()
         self._prepared = True
 
     @contextlib.contextmanager
@@ -148,7 +152,7 @@ class SandboxManager:
         record = replace(wanted, uid=self._claim_uid(name), created_at=now_iso())
         folder = self.sandbox_dir(name)
         try:
-            rootfs.create_layers(folder, record.uid, record.limits.disk_mb)
+            rootfs.create_layers(folder, record.uid, record.limits.disk_mb, self.settings.images_dir)
             self.save(record)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
@@ -205,7 +209,7 @@ class SandboxManager:
             cgroup.kill()  # leftovers of a jail that died half-way
             cgroup.create(backend.host_limits(record.limits))
             run_dir = self.run_dir(name)
-            run_dir.mkdir(mode=0o700, exist_ok=True)
+            run_dir.mkdir(mode=0o711, exist_ok=True)  # traversable: nsjail, as the sandbox uid, binds /etc/hosts from here
             sock_path = self.socket_path(name)
             with contextlib.suppress(FileNotFoundError):
                 sock_path.unlink()
@@ -214,7 +218,7 @@ class SandboxManager:
             with contextlib.ExitStack() as stack:
                 stack.callback(door.close)  # the jail holds it now; if the jail dies, knocking fails at once
                 door.bind(str(sock_path))
-                network = stack.enter_context(self.networks.attached(record, self.sandbox_dir(name), run_dir))
+                network = stack.enter_context(self.networks.attached(record, run_dir))
                 spec = JailSpec(
                     name=name,
                     uid=record.uid,
@@ -292,6 +296,17 @@ class SandboxManager:
 
     def list(self) -> list[SandboxInfo]:
         return [self.info(name) for name in self.names()]
+
+    def discard(self) -> None:
+        """Destroy every sandbox, then the state folder itself and what it keeps elsewhere on the
+        host (cgroup parents, runtime folder): for throwaway state folders (benchmarks, checks)."""
+        for name in self.names():
+            self.destroy(name)
+        self.pool.drain()
+        self.clean_leftovers()
+        cgroups.remove_parent(self.settings.instance)
+        shutil.rmtree(self.settings.state_dir, ignore_errors=True)
+        shutil.rmtree(self.settings.runtime_dir, ignore_errors=True)
 
     def clean_leftovers(self) -> list[str]:
         """After a crash: unmount what is mounted under the state folder, remove cgroups, run
@@ -385,11 +400,11 @@ class SandboxManager:
 
     def _apply_network(self, record: SandboxRecord, updated: SandboxRecord) -> SandboxRecord:
         """Apply changed network settings live if the sandbox runs, then keep them (the caller holds the lock)."""
-        sandbox_dir, run_dir, members = self.sandbox_dir(record.name), self.run_dir(record.name), self.cgroup(record).pids()
+        run_dir, members = self.run_dir(record.name), self.cgroup(record).pids()
         try:
-            self.networks.update(updated, sandbox_dir, run_dir, members)
+            self.networks.update(updated, run_dir, members)
         except BaseException:
-            self.networks.update(record, sandbox_dir, run_dir, members)
+            self.networks.update(record, run_dir, members)
             raise
         self.save(updated)
         return updated

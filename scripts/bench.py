@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from isolate import Limits, Sandbox, SandboxManager, Settings, cgroups
+from isolate import Limits, Sandbox, SandboxManager, Settings
 from isolate.jail import runsc
 from isolate.jail.nsjail import stage_nsjail
 from isolate.net import netns
@@ -166,10 +165,7 @@ def main() -> None:
         embedded = line("embedded: sandbox.exec('true') (shell form)", timed(lambda: sandbox.exec("true"), args.runs))
         worker_figures(args.runs, embedded)
     finally:
-        for name in manager.names():
-            manager.destroy(name)
-        cgroups.remove_parent(manager.settings.instance)
-        shutil.rmtree(state, ignore_errors=True)
+        manager.discard()
 
 
 def summary(results: dict[str, dict[str, list[float]]], baselines: dict[str, float]) -> None:
@@ -208,11 +204,7 @@ def worker_figures(runs: int, embedded: float) -> None:
             client.delete("/api/sandbox", headers=served)
     finally:
         worker.stop()
-        leftover = SandboxManager(Settings(state_dir=state))
-        for name in leftover.names():
-            leftover.destroy(name)
-        cgroups.remove_parent(leftover.settings.instance)
-        shutil.rmtree(state, ignore_errors=True)
+        SandboxManager(Settings(state_dir=state)).discard()
 
 
 if __name__ == "__main__":

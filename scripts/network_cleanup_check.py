@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from isolate import Sandbox, SandboxManager, Settings, cgroups
+from isolate import Sandbox, SandboxManager, Settings
 from isolate.net import netns, nft
 from isolate.net.pool import host_routes
 
@@ -80,11 +79,7 @@ def main() -> int:
             print(f"left behind, {what}: {len(items)}{' ' + str(items[:5]) if items else ''}")
         return 1 if any(leaks.values()) else 0
     finally:
-        for name in manager.names():
-            manager.destroy(name)
-        manager.clean_leftovers()
-        cgroups.remove_parent(manager.settings.instance)
-        shutil.rmtree(state, ignore_errors=True)
+        manager.discard()
 
 
 if __name__ == "__main__":

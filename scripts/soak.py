@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import shutil
 import sys
 import tempfile
 import threading
@@ -115,8 +114,7 @@ def main() -> int:
         for name in manager.names():
             manager.destroy(name)
         left = cgroups.list_sandbox_cgroups(manager.settings.instance)
-        cgroups.remove_parent(manager.settings.instance)
-        shutil.rmtree(state, ignore_errors=True)
+        manager.discard()
         print(f"cgroups left after destroy: {len(left)}")
     return 1 if errors else 0
 

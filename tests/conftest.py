@@ -9,9 +9,11 @@ tests run together on one manager whose default backend it is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,8 +100,11 @@ def manager(state_dir: Path, backend: str) -> Iterator[SandboxManager]:
     assert not leftovers, f"tests left cgroups behind: {leftovers}"
     assert not network, f"tests left network state behind: {network}"
     assert not host_processes_mentioning(state_dir), "tests left processes behind"
+    assert not host_processes_mentioning(settings.runtime_dir), "tests left processes behind"
+    shutil.rmtree(settings.runtime_dir, ignore_errors=True)
     with open("/proc/self/mountinfo") as handle:
         assert str(state_dir) not in handle.read(), "tests left mounts behind"
+    assert not loop_devices_serving(state_dir), "tests left loop devices behind"
 
 
 def host_processes_mentioning(text: object) -> list[str]:
@@ -113,6 +118,21 @@ def host_processes_mentioning(text: object) -> list[str]:
         if str(text) in cmdline and entry.name != str(os.getpid()):
             found.append(cmdline)
     return found
+
+
+def loop_devices_serving(folder: Path, settle: float = 2.0) -> list[str]:
+    """Loop devices whose backing file lies under `folder`, once `settle` seconds passed without
+    them going (the kernel detaches an autoclear device in the background after its last user)."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = []
+        for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+            with contextlib.suppress(OSError):
+                if backing.read_text().startswith(str(folder) + "/"):
+                    found.append(backing.parent.parent.name)
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.02)
 
 
 def network_leftovers(manager: SandboxManager) -> list[str]:
@@ -164,6 +184,7 @@ def worker_state_dir(manager: SandboxManager) -> Iterator[Path]:
     workers_manager.clean_leftovers()
     cgroups.remove_parent(workers_manager.settings.instance)
     shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(workers_manager.settings.runtime_dir, ignore_errors=True)
     assert not leftovers, f"worker tests left cgroups behind: {leftovers}"
     assert not network, f"worker tests left network state behind: {network}"
 

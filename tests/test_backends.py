@@ -69,7 +69,7 @@ def test_symlinks_list_like_on_linux(sandbox, backend):
     assert result.stderr == "" if backend == "nsjail" else result.stderr in ("", GVISOR_SYMLINK_XATTR_BUG)
 
 
-def test_clean_up_ends_a_sandbox_whose_record_vanished(manager, state_dir):
+def test_clean_up_ends_a_sandbox_whose_record_vanished(manager):
     """A host program that crashed mid-destroy left a running jail without its record."""
     name = unique_name("orphan")
     sandbox = Sandbox(manager, manager.open(name))
@@ -79,7 +79,7 @@ def test_clean_up_ends_a_sandbox_whose_record_vanished(manager, state_dir):
     removed = manager.clean_leftovers()
     assert {f"cgroup:{group}", f"run:{name}", f"sandbox:{name}"} <= set(removed)
     assert group not in cgroups.list_sandbox_cgroups(manager.settings.instance)
-    assert not host_processes_mentioning(state_dir / "run" / name)
+    assert not host_processes_mentioning(manager.run_dir(name))
 
 
 def test_clean_up_stops_a_sandbox_nobody_can_reach(manager):

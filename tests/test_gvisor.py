@@ -76,11 +76,11 @@ def test_starting_past_the_bound_fails_clearly_and_loses_nothing(gvisor_sandbox,
     assert gvisor_sandbox.read_file("/workspace/kept").content == "kept"
 
 
-def test_every_host_process_is_in_the_sandbox_cgroup_as_its_uid(gvisor_sandbox, gvisor_manager, state_dir):
+def test_every_host_process_is_in_the_sandbox_cgroup_as_its_uid(gvisor_sandbox, gvisor_manager):
     manager = gvisor_manager
     gvisor_sandbox.exec("sleep 30 & echo started")
     pids = manager.cgroup(gvisor_sandbox._record).pids()
-    runsc = host_processes_mentioning(state_dir / "run" / gvisor_sandbox.name / "runsc")
+    runsc = host_processes_mentioning(manager.run_dir(gvisor_sandbox.name) / "runsc")
     assert len(runsc) >= 2  # the Sentry and the gofer
     assert container_id(gvisor_sandbox.name) in " ".join(runsc)
     for pid in pids:
@@ -138,7 +138,7 @@ def test_a_sandbox_outlives_the_process_that_started_it(gvisor_manager, state_di
         assert Sandbox(manager, manager.open(name)).exec("cat", ["/workspace/from-child"]).stdout == "started\n"
     finally:
         manager.destroy(name)
-    assert not host_processes_mentioning(state_dir / "run" / name)
+    assert not host_processes_mentioning(manager.run_dir(name))
 
 
 def test_doctor_reports_runsc_and_its_platforms(state_dir):

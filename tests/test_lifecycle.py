@@ -11,7 +11,7 @@ import time
 import pytest
 
 from isolate import AsyncSandbox, InvalidNameError, Sandbox, SandboxManager, cgroups, get_sandbox
-from tests.conftest import unique_name
+from tests.conftest import loop_devices_serving, unique_name
 
 
 def cli(state_dir, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -72,13 +72,14 @@ def test_destroy_leaves_nothing_behind(manager, state_dir):
     group = manager.cgroup(sandbox._record).name
     sandbox.destroy()
     assert not (state_dir / "sandboxes" / name).exists()
-    assert not (state_dir / "run" / name).exists()
+    assert not manager.run_dir(name).exists()
     assert group not in cgroups.list_sandbox_cgroups(manager.settings.instance)
     host = subprocess.run(["ps", "-eo", "uid=,stat="], capture_output=True, text=True).stdout.splitlines()
     live = [line for line in host if line.split()[0] == str(uid) and not line.split()[1].startswith("Z")]
     assert live == []  # (an exited process may linger as a zombie until its parent reaps it)
     with open("/proc/mounts") as handle:
         assert name not in handle.read()
+    assert not loop_devices_serving(state_dir / "sandboxes" / name)
     assert manager.load(name) is None
 
 

@@ -19,37 +19,22 @@ def agent_source() -> str:
     return (HERE / "protocol.py").read_text() + "\n" + server + "\n"
 
 
-SOURCE_VARIABLE = "ISOLATE_AGENT_SOURCE"
-CODE_VARIABLE = "ISOLATE_AGENT_CODE"
-CODE_PART_CHARS = 120_000  # one environment string may not pass 128 KiB (MAX_ARG_STRLEN): the bytecode travels in parts
-# The agent travels in environment variables (nothing to mount, and `ps` inside stays readable),
-# which it removes from the environment its commands inherit. Compiling its source costs ~7 ms
-# of every cold start, so it also travels as bytecode, used when the sandbox's Python has the
-# same version as this one (the host image's does) and the source otherwise.
+# The agent's code comes in on a descriptor (a memory file: nothing to mount, nothing in the
+# environment its commands inherit, and `ps` inside stays readable). It holds
+# marshal((python version, bytecode, source)), read once and closed: compiling the source costs
+# ~7 ms of a cold start, so the bytecode is used when the sandbox's Python has this one's
+# version (the host image's does), the source otherwise. (Through the environment, 270 KB of it
+# cost ~35 ms of every gVisor start, parsed by three runsc processes, and ~1 ms under nsjail.)
 BOOTSTRAP = (
-    "import os,sys,marshal;e=os.environ;"
-    f"c=''.join(e.pop({CODE_VARIABLE!r}+str(i)) for i in range(int(e.pop({CODE_VARIABLE!r}+'_PARTS'))));"
-    f"s=e.pop({SOURCE_VARIABLE!r});"
-    f"exec(marshal.loads(bytes.fromhex(c)) if sys.version_info[:2]=={tuple(sys.version_info[:2])!r} "
-    "else compile(s,'isolate-agent','exec'))"
-)
-
-
-# Where the agent's code comes from a descriptor instead (gVisor: the environment is part of the
-# OCI spec, which runsc parses in three processes; 260 KB of it cost ~35 ms of every cold start).
-# The descriptor holds marshal((python version, bytecode, source)), read once and closed.
-BOOTSTRAP_FROM_FD = (
     "import os,sys,marshal;"
     "v,c,s=marshal.loads(b''.join(iter(lambda:os.read({fd},1<<20),b'')));os.close({fd});"
     "exec(marshal.loads(c) if sys.version_info[:2]==v else compile(s,'isolate-agent','exec'))"
 )
 
 
-def agent_argv(door_fd: int, idle_timeout: float, code_fd: int | None = None) -> list[str]:
-    """The agent's command line: isolated mode, no site packages; its code in the environment
-    (`agent_environment`) or, with `code_fd`, on that descriptor (`agent_code_file`)."""
-    bootstrap = BOOTSTRAP if code_fd is None else BOOTSTRAP_FROM_FD.format(fd=code_fd)
-    return [AGENT_PYTHON, "-I", "-S", "-c", bootstrap, str(door_fd), str(idle_timeout)]
+def agent_argv(door_fd: int, idle_timeout: float, code_fd: int) -> list[str]:
+    """The agent's command line: isolated mode, no site packages; its code on `code_fd` (`agent_code_file`)."""
+    return [AGENT_PYTHON, "-I", "-S", "-c", BOOTSTRAP.format(fd=code_fd), str(door_fd), str(idle_timeout)]
 
 
 @lru_cache(maxsize=1)
@@ -57,16 +42,8 @@ def _agent_code() -> bytes:
     return marshal.dumps(compile(agent_source(), "isolate-agent", "exec"))
 
 
-@lru_cache(maxsize=1)
-def agent_environment() -> dict[str, str]:
-    code = _agent_code().hex()
-    parts = [code[i:i + CODE_PART_CHARS] for i in range(0, len(code), CODE_PART_CHARS)]
-    return {SOURCE_VARIABLE: agent_source(), CODE_VARIABLE + "_PARTS": str(len(parts)),
-            **{f"{CODE_VARIABLE}{i}": p for i, p in enumerate(parts)}}
-
-
 def agent_code_file() -> int:
-    """A memory file holding the agent's code for BOOTSTRAP_FROM_FD (the caller closes it)."""
+    """A memory file holding the agent's code for BOOTSTRAP (the caller closes it)."""
     fd = os.memfd_create("isolate-agent", os.MFD_CLOEXEC)
     payload = marshal.dumps((tuple(sys.version_info[:2]), _agent_code(), agent_source()))
     view = memoryview(payload)

@@ -12,26 +12,11 @@ from typing import Protocol
 from ..cgroups import SandboxCgroup
 from ..errors import ValidationError
 from ..rootfs import RootfsPlan
+from ..syscalls import MS_NOATIME, MS_NODEV, MS_NOSUID
 from ..types import Limits
+from .launch import Disk, Mount
 
 AGENT_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "HOME": "/root"}
-# How every backend's supervisor (`sh`, still root) begins; its arguments come from `prelude_args`.
-# It joins the sandbox's cgroups, so the jail is charged and limited from its first instruction,
-# then loop-mounts the disk image that holds the writable layer, if there is one. That mount is
-# made in a private mount namespace (see `PRIVATE_MOUNTS`): it goes away with the jail.
-SUPERVISOR_PRELUDE = r"""
-image=$1 mountpoint=$2 count=$3
-shift 3
-while [ "$count" -gt 0 ]; do
-  echo $$ > "$1" || exit 97
-  shift
-  count=$((count - 1))
-done
-if [ -n "$image" ]; then
-  mount -n -i -t ext4 -o loop,nosuid,nodev,noatime -- "$image" "$mountpoint" || exit 96
-fi
-"""
-PRIVATE_MOUNTS = ["/usr/bin/unshare", "--mount", "--propagation", "private", "--"]
 
 
 @dataclass(frozen=True)
@@ -54,9 +39,13 @@ class JailSpec:
     files: tuple[tuple[str, str], ...] = ()
 
 
-def prelude_args(spec: JailSpec) -> list[str]:
-    procs = spec.cgroup.procs_files()
-    return [str(spec.rootfs.disk_image or ""), str(spec.rootfs.disk_mount or ""), str(len(procs)), *procs]
+def disk_mount(spec: JailSpec) -> Disk | None:
+    """The ext4 image that holds the sandbox's writable layer (when it has a disk quota), mounted
+    where the rootfs plan expects it."""
+    plan = spec.rootfs
+    if plan.disk_image is None or plan.disk_mount is None:
+        return None
+    return Disk(Mount(str(plan.disk_image), plan.disk_mount, "ext4", flags=MS_NOSUID | MS_NODEV | MS_NOATIME), spec.run_dir / "loop")
 
 
 class Backend(Protocol):

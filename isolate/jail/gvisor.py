@@ -1,13 +1,13 @@
 """The gVisor backend: the same sandbox (overlay root, agent as PID 1, door, cgroups) under runsc.
 
 How a sandbox starts:
-1. `unshare` gives the supervisor (`sh`, root) a private mount namespace; it joins the
-   sandbox's cgroups, so runsc's own processes (the Sentry, the gofer and the systrap
-   stubs) are charged and limited (runsc is told to leave cgroups alone, `--ignore-cgroups`).
-2. There it loop-mounts the sandbox's disk image (when the layer has a quota) and mounts
-   the overlay root: the same writable layer as nsjail's (`userxattr`), at the sandbox's
-   `root` folder. Nothing is ever mounted in the host's namespace, and the kernel unmounts
-   it all when runsc's processes end, however they end.
+1. `launch.start_supervisor` mounts the sandbox's disk image (when the layer has a quota)
+   and the overlay root, the same writable layer as nsjail's (`userxattr`), at the sandbox's
+   `root` folder, in a mount namespace of the jail's own: nothing is ever mounted in the
+   host's namespace, and the kernel unmounts it all when runsc's processes end, however
+   they end. Its `sh` (root) joins the sandbox's cgroups, so runsc's own processes (the
+   Sentry, the gofer and the systrap stubs) are charged and limited (runsc is told to
+   leave cgroups alone, `--ignore-cgroups`).
 3. `runsc run --detach` boots the OCI bundle written here: the agent as PID 1, root
    inside mapped to the sandbox's own host uid (so files in the upper layer belong to it,
    as with nsjail), no capabilities, no_new_privs, rlimits, no network but loopback,
@@ -48,17 +48,12 @@ from .. import kafel, policy, rootfs
 from ..agent import agent_argv, agent_code_file
 from ..cgroups import SandboxCgroup
 from ..errors import HostError, IsolateError, SandboxError
-from ..net import netns
 from ..rootfs import MOUNT_POINT
 from ..types import Limits
-from . import AGENT_ENV, PRIVATE_MOUNTS, SUPERVISOR_PRELUDE, JailSpec, log_tail, prelude_args
+from . import AGENT_ENV, JailSpec, disk_mount, log_tail
+from .launch import Mount, start_supervisor
 from .runsc import best_platform, cache_path, find_runsc
 
-SUPERVISOR = SUPERVISOR_PRELUDE + r"""
-mount -n -t overlay -o "$2" overlay "$1" || exit 95
-shift 2
-exec "$@"
-"""
 DOOR_FD, CODE_FD = 3, 4  # where the agent finds them inside
 SENTRY_MEMORY_MB = 64  # the Sentry (~16 MiB idle), the gofer (~7 MiB) and their buffers, beside the sandbox's own memory
 SENTRY_PIDS = 512  # host threads of the Sentry and gofer, plus one stub per sandbox process
@@ -254,20 +249,20 @@ class GvisorBackend:
         bundle.mkdir(mode=0o700)
         rootfs_dir.mkdir(mode=0o755)
         (bundle / "config.json").write_text(json.dumps(render_spec(spec, rootfs_dir)))
-        overlay = f"nosuid,nodev,lowerdir={plan.lower},upperdir={plan.upper},workdir={plan.work},userxattr"
+        overlay = Mount("overlay", rootfs_dir, "overlay", f"lowerdir={plan.lower},upperdir={plan.upper},workdir={plan.work},userxattr")
         pid_file = spec.run_dir / "sentry.pid"
         runsc = [str(binary), f"--root={state}", f"--platform={platform}", f"--network={'host' if spec.netns else 'none'}",
                  "--overlay2=none", "--ignore-cgroups", "--oci-seccomp", "run", "--detach", f"--bundle={bundle}",
                  f"--pid-file={pid_file}", f"--pass-fd={spec.door_fd}:{DOOR_FD}"]
         code = agent_code_file()
         try:
-            argv = [*PRIVATE_MOUNTS, "/bin/sh", "-c", SUPERVISOR, "isolate-gvisor", *prelude_args(spec), str(rootfs_dir), overlay,
-                    *runsc, f"--pass-fd={code}:{CODE_FD}", container_id(spec.name)]
+            argv = [*runsc, f"--pass-fd={code}:{CODE_FD}", container_id(spec.name)]
             with self.slots.claim(spec.cgroup.folders[0]):
-                with open(spec.run_dir / "jail.log", "ab") as log, netns.entered(spec.netns) if spec.netns else contextlib.nullcontext():
-                    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                                               pass_fds=(spec.door_fd, code), start_new_session=True,
-                                               env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+                with open(spec.run_dir / "jail.log", "ab") as log:
+                    process = start_supervisor(argv, cgroup_procs=spec.cgroup.procs_files(), disk=disk_mount(spec),
+                                               prepare=lambda: (rootfs.hand_over(plan, spec.uid), overlay.make()), netns_path=spec.netns,
+                                               pass_fds=(spec.door_fd, code), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                               stderr=log.fileno())
                 _joined(spec.cgroup, process)
         finally:
             os.close(code)

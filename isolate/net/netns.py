@@ -12,7 +12,6 @@ host's user namespace) can change its interfaces, addresses or routes.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import os
@@ -21,10 +20,9 @@ import struct
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import HostError
+from .. import syscalls
 from .pool import Slot
 
-CLONE_NEWNET = 0x40000000
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 SANDBOX_INTERFACE = "eth0"
 # Written inside each sandbox namespace: no IPv6 on any interface made later (only IPv4 is
@@ -35,17 +33,8 @@ SANDBOX_SYSCTLS = {
     "net/ipv4/ip_unprivileged_port_start": "0",
 }
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        err = ctypes.get_errno()
-        raise HostError(f"{what}: {os.strerror(err)}", context={"errno": err})
-
-
 def _setns(fd: int) -> None:
-    _check(_libc.setns(fd, CLONE_NEWNET), "setns")
+    syscalls.setns(fd, syscalls.CLONE_NEWNET)
 
 
 def path_of(fd: int) -> Path:
@@ -86,7 +75,7 @@ def create() -> int:
     """A new namespace with `lo` up and nothing else (~1 ms); the returned fd keeps it alive until closed."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        syscalls.unshare(syscalls.CLONE_NEWNET)
         fd = -1
         try:
             fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)

@@ -64,9 +64,8 @@ class SandboxNetworks:
         return f"isolate {self.instance} {key}"
 
     @staticmethod
-    def files(sandbox_dir: Path) -> tuple[Path, Path]:
-        folder = sandbox_dir / "net"
-        return folder / "hosts", folder / "resolv.conf"
+    def files(run_dir: Path) -> tuple[Path, Path]:
+        return run_dir / "hosts", run_dir / "resolv.conf"
 
     @property
     def nameservers(self) -> tuple[str, ...]:
@@ -75,14 +74,14 @@ class SandboxNetworks:
     # --- lifecycle ---
 
     @contextlib.contextmanager
-    def attached(self, record: SandboxRecord, sandbox_dir: Path, run_dir: Path) -> Iterator[JailNetwork]:
+    def attached(self, record: SandboxRecord, run_dir: Path) -> Iterator[JailNetwork]:
         """A fresh namespace for a starting jail, set up as the record says; held open until the jail is in it."""
         netns.detach_veth(self.interface(record))  # an earlier run's (its rules are rewritten below)
         fd = netns.create()
         try:
-            self._configure(record, sandbox_dir, fd)
+            self._configure(record, run_dir, fd)
             (run_dir / NETNS_FILE).write_text(str(netns.inode(fd)))
-            hosts, resolv = self.files(sandbox_dir)
+            hosts, resolv = self.files(run_dir)
             yield JailNetwork(netns.path_of(fd), ((str(hosts), "/etc/hosts"), (str(resolv), "/etc/resolv.conf")))
         except BaseException:
             self.release(record)
@@ -90,7 +89,7 @@ class SandboxNetworks:
         finally:
             os.close(fd)
 
-    def update(self, record: SandboxRecord, sandbox_dir: Path, run_dir: Path, members: Collection[int]) -> bool:
+    def update(self, record: SandboxRecord, run_dir: Path, members: Collection[int]) -> bool:
         """Apply a changed policy or port list to a running sandbox, live. False if its jail is not running.
 
         The jail is found by its supervisor's pid, which must still be one of `members` (the
@@ -103,12 +102,12 @@ class SandboxNetworks:
         if fd is None:
             return False
         try:
-            self._configure(record, sandbox_dir, fd)
+            self._configure(record, run_dir, fd)
         finally:
             os.close(fd)
         return True
 
-    def _configure(self, record: SandboxRecord, sandbox_dir: Path, fd: int) -> None:
+    def _configure(self, record: SandboxRecord, run_dir: Path, fd: int) -> None:
         policy, ports = record.network, record.exposed_ports
         resolved = policy.resolve(self.resolver)
         interface = self.interface(record)
@@ -126,8 +125,7 @@ class SandboxNetworks:
                 nft.apply_sandbox(self.table, interface, policy.mode, resolved.destinations, slot.expose_address, slot.sandbox_address, ports)
             else:
                 self._unwire(self.key(record), interface)
-        hosts, resolv = self.files(sandbox_dir)
-        hosts.parent.mkdir(mode=0o755, exist_ok=True)
+        hosts, resolv = self.files(run_dir)
         names.write_in_place(hosts, names.hosts_file(resolved))
         names.write_in_place(resolv, names.resolv_conf(resolved, self.nameservers))
 

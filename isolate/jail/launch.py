@@ -1,0 +1,148 @@
+"""Starting a jail's supervisor in a mount namespace of its own, which holds the sandbox's disk.
+
+What a jail needs mounted before its backend runs (the sandbox's disk image, nsjail's work
+folder, gVisor's overlay root) must not appear in the host's mount namespace, and must go
+away with the jail however it ends. A short-lived thread of this process does it with system
+calls: it leaves the host's mount namespace (only that thread moves), attaches the disk image
+to a loop device, makes the mounts and starts the supervisor from there. The mounts then
+live exactly as long as the jail's processes do.
+
+(Doing this with `unshare` and `mount -o loop` cost three program starts, and mount(8)
+first looks at every loop device on the host, so it grew slower with every sandbox running.)
+
+The supervisor itself is `sh`, still root: a process can only be moved whole into a
+cgroup v2, so it moves itself into the sandbox's cgroups before it runs the backend's
+command, which is then charged and limited from its first instruction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import struct
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import syscalls
+from ..errors import HostError
+from ..net import netns
+
+JOIN_CGROUPS = r"""
+count=$1
+shift
+while [ "$count" -gt 0 ]; do
+  echo $$ > "$1" || exit 97
+  shift
+  count=$((count - 1))
+done
+exec "$@"
+"""
+LOOP_CTL_GET_FREE, LOOP_CONFIGURE = 0x4C82, 0x4C0A
+LO_FLAGS_AUTOCLEAR = 4
+# struct loop_config: fd, block_size, then struct loop_info64 (lo_flags at byte 52 of it), then reserved
+LOOP_CONFIG_SIZE, LOOP_FLAGS_OFFSET = 304, 8 + 52
+ATTACH_ATTEMPTS = 8  # another process may take the free device between asking and configuring it
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: Path
+    fstype: str
+    data: str = ""
+    flags: int = syscalls.MS_NOSUID | syscalls.MS_NODEV
+
+    def make(self, source: str | None = None) -> None:
+        syscalls.mount(source or self.source, self.target, self.fstype, self.flags, self.data or None)
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A disk image to mount through a loop device; `record` remembers which device serves it."""
+
+    mount: Mount
+    record: Path
+
+
+def serving_loop_device(disk: Disk) -> str | None:
+    """The loop device that still serves the image (a jail of it going away), if any: mounting
+    that same device gives the same file system, never a second one on the same file. The
+    device is the one recorded at the last start: a look at every loop device costs ~1 ms."""
+    try:
+        device = disk.record.read_text()
+        with open(f"/sys/block/{Path(device).name}/loop/backing_file") as handle:
+            return device if handle.read().rstrip("\n") == disk.mount.source else None
+    except OSError:
+        return None
+
+
+def attach_loop_device(disk: Disk) -> tuple[str, int]:
+    """A loop device now serving the disk's image, and an open descriptor that holds it until
+    the mount does; the device detaches itself once nothing has it open or mounted (autoclear)."""
+    existing = serving_loop_device(disk)
+    if existing is not None:
+        return existing, os.open(existing, os.O_RDWR | os.O_CLOEXEC)
+    image = Path(disk.mount.source)
+    backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        config = bytearray(LOOP_CONFIG_SIZE)
+        struct.pack_into("I", config, 0, backing)
+        struct.pack_into("I", config, LOOP_FLAGS_OFFSET, LO_FLAGS_AUTOCLEAR)
+        control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for _ in range(ATTACH_ATTEMPTS):
+                path = f"/dev/loop{fcntl.ioctl(control, LOOP_CTL_GET_FREE)}"
+                device = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    fcntl.ioctl(device, LOOP_CONFIGURE, bytes(config))
+                except OSError:
+                    os.close(device)  # taken meanwhile: ask again
+                    continue
+                disk.record.write_text(path)
+                return path, device
+            raise HostError(f"no free loop device for {image}")
+        finally:
+            os.close(control)
+    finally:
+        os.close(backing)
+
+
+def start_supervisor(argv: list[str], *, cgroup_procs: list[str], disk: Disk | None, prepare: Callable[[], object],
+                     netns_path: Path | None, pass_fds: tuple[int, ...], env: dict[str, str], stderr: int) -> subprocess.Popen[bytes]:
+    """Start `argv` as the jail's supervisor: in its own mount namespace holding `disk` (a disk
+    image, mounted through a loop device) and what `prepare` then makes there, inside
+    `netns_path` if given, and in the cgroups whose `cgroup.procs` files are listed."""
+    outcome: list[subprocess.Popen[bytes] | BaseException] = []
+
+    def launch() -> None:
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+            syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+            if disk is not None:
+                path, device = attach_loop_device(disk)
+                try:
+                    disk.mount.make(path)
+                finally:
+                    os.close(device)
+            prepare()
+            with netns.entered(netns_path) if netns_path else contextlib.nullcontext():
+                outcome.append(subprocess.Popen(
+                    ["/bin/sh", "-c", JOIN_CGROUPS, "isolate-supervisor", str(len(cgroup_procs)), *cgroup_procs, *argv],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=pass_fds,
+                    start_new_session=True, env=env))
+        except OSError as exc:
+            outcome.append(HostError(f"cannot start the jail: {exc}"))
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    # a thread of its own: the mount namespace it leaves for is never the caller's
+    thread = threading.Thread(target=launch, name="isolate-launch")
+    thread.start()
+    thread.join()
+    if isinstance(outcome[0], BaseException):
+        raise outcome[0]
+    return outcome[0]

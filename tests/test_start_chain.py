@@ -1,0 +1,113 @@
+"""How a jail starts: the blank disk copied for each sandbox, the runtime folder on tmpfs, the
+loop device, and cheap cgroup moves."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from isolate import IsolateError, Sandbox, SandboxManager, Settings, cgroups, config, rootfs, syscalls
+from tests.conftest import unique_name
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting and chowning need root")
+
+# (offset, bytes) pieces of a sparse file, anywhere in its first 64 MiB
+pieces = st.lists(st.tuples(st.integers(0, 64 << 20), st.binary(min_size=1, max_size=70_000)), max_size=6)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pieces=pieces, tail=st.integers(0, 1 << 20))
+def test_a_sparse_copy_has_the_same_bytes_and_no_more_data_than_its_source(tmp_path, pieces, tail):
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.unlink(missing_ok=True)
+    target.unlink(missing_ok=True)
+    with open(source, "wb") as handle:
+        for offset, data in pieces:
+            handle.seek(offset)
+            handle.write(data)
+        handle.truncate(max([offset + len(data) for offset, data in pieces], default=0) + tail)
+    rootfs.copy_sparse(source, target)
+    assert target.read_bytes() == source.read_bytes()
+    assert target.stat().st_blocks <= source.stat().st_blocks + 8  # holes stay holes (one block of slack per edge)
+
+
+def test_a_sparse_copy_never_overwrites(tmp_path):
+    (tmp_path / "source").write_bytes(b"new")
+    (tmp_path / "target").write_bytes(b"kept")
+    with pytest.raises(FileExistsError):
+        rootfs.copy_sparse(tmp_path / "source", tmp_path / "target")
+    assert (tmp_path / "target").read_bytes() == b"kept"
+
+
+@needs_root
+def test_each_sandbox_gets_its_own_copy_of_one_blank_disk_handed_to_its_uid(manager, backend):
+    first, second = (Sandbox(manager, manager.open(unique_name("disk"), backend=backend)) for _ in range(2))
+    try:
+        for sandbox in (first, second):
+            sandbox.write_file("/workspace/own", sandbox.name)
+            assert sandbox.exec("stat", ["-c", "%u", "/workspace", "/tmp", "/root"]).stdout.split() == ["0", "0", "0"]
+        assert first.read_file("/workspace/own").content == first.name  # two images, not one shared
+        blanks = list(manager.settings.images_dir.glob("blank-*.img"))
+        assert len(blanks) == 1 and os.stat(blanks[0]).st_uid == 0
+        image = manager.sandbox_dir(first.name) / rootfs.DISK_IMAGE
+        assert image.stat().st_size == first._record.limits.disk_mb << 20
+        assert image.stat().st_blocks * 512 < 8 << 20  # sparse: a copy of the blank's data only
+    finally:
+        first.destroy()
+        second.destroy()
+
+
+@needs_root
+def test_runtime_state_lives_on_a_tmpfs_outside_the_state_folder(manager, sandbox):
+    sandbox.exec("true")
+    run_dir = manager.run_dir(sandbox.name)
+    assert (run_dir / "agent.sock").exists()
+    assert not run_dir.is_relative_to(manager.settings.state_dir)
+    points = {target: kind for _, target, kind, _ in syscalls.mount_table()}
+    holder = max((point for point in points if str(run_dir).startswith(point.rstrip("/") + "/")), key=len)
+    assert points[holder] == "tmpfs"
+
+
+@needs_root
+def test_a_runtime_folder_someone_else_owns_is_refused(monkeypatch):
+    root = Path(tempfile.mkdtemp(prefix="isolate-runtime-", dir="/dev/shm"))
+    state = Path(tempfile.mkdtemp(prefix="isolate-state-", dir="/var/tmp"))
+    try:
+        monkeypatch.setenv("ISOLATE_RUNTIME_ROOT", str(root))
+        config.runtime_root.cache_clear()
+        (root / "isolate").mkdir()
+        os.chown(root / "isolate", 65534, 65534)  # planted by an unprivileged user
+        manager = SandboxManager(Settings(state_dir=state))
+        with pytest.raises(IsolateError) as refused:
+            manager.open("planted")
+        assert refused.value.code == "HOST_NOT_READY"
+    finally:
+        monkeypatch.delenv("ISOLATE_RUNTIME_ROOT")
+        config.runtime_root.cache_clear()
+        for folder in (root, state):
+            for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                path.rmdir() if path.is_dir() else path.unlink()
+            folder.rmdir()
+
+
+@needs_root
+def test_a_restarted_sandbox_mounts_its_disk_again_and_keeps_its_files(manager, sandbox):
+    sandbox.write_file("/workspace/kept", "kept")
+    manager.stop(sandbox.name)
+    assert sandbox.read_file("/workspace/kept").content == "kept"
+    device = (manager.run_dir(sandbox.name) / "loop").read_text()
+    backing = Path(f"/sys/block/{Path(device).name}/loop/backing_file").read_text().strip()
+    assert backing == str(manager.sandbox_dir(sandbox.name) / rootfs.DISK_IMAGE)
+
+
+@needs_root
+def test_cgroup_moves_are_made_cheap_where_the_host_has_cgroup2(manager, sandbox):
+    sandbox.exec("true")
+    if cgroups.v2_mount_point() is None:
+        pytest.skip("this host has no cgroup2 hierarchy to set favordynmods on")
+    assert cgroups.favors_dynamic_moves()
