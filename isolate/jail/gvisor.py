@@ -22,8 +22,8 @@ limit (hitting it makes the Sentry panic), its memory against the host memory li
 against the host CPU quota (systrap's dispatcher and stub threads spin while they wait for
 each other, so a loop of short commands needs ~1.1 cores where nsjail's needs under one:
 held to exactly the sandbox's share, the whole sandbox, Sentry included, is throttled to a
-stop for the rest of each 100 ms period, which costs warm execs ~1.3 ms of median and
-~2.5 ms of p90). Inside, the sandbox's pids limit is RLIMIT_NPROC, which the Sentry enforces
+stop for the rest of each 100 ms period, which costs warm execs ~1.2 ms of median and up
+to 2.5 ms of p90). Inside, the sandbox's pids limit is RLIMIT_NPROC, which the Sentry enforces
 for the sandbox's processes; gVisor keeps no CPU quota of its own, so the host quota is the
 one CPU limit, a quarter above the share (a CPU hog still gets at most 1.25x its share).
 """
