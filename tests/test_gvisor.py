@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from isolate import IsolateError, Sandbox
-from isolate.jail.gvisor import MAX_VARIABLE, SENTRY_CPU_PERCENT, WAIT_VARIABLE, Slots, container_id
+from isolate.jail.gvisor import MAX_VARIABLE, WAIT_VARIABLE, Slots, container_id
 from tests.conftest import backend_missing, host_processes_mentioning, unique_name
 
 pytestmark = [
@@ -87,26 +87,6 @@ def test_every_host_process_is_in_the_sandbox_cgroup_as_its_uid(gvisor_sandbox, 
         assert os.stat(f"/proc/{pid}").st_uid == gvisor_sandbox._record.uid
     with open("/proc/self/mountinfo") as handle:
         assert str(manager.sandbox_dir(gvisor_sandbox.name)) not in handle.read()  # the overlay is in runsc's namespace only
-
-
-def cpu_quota_percent(folders: list[Path]) -> int:
-    """The CPU quota (percent of one core) that a sandbox's host cgroup was given, v1 or v2."""
-    for folder in folders:
-        if (folder / "cpu.cfs_quota_us").exists():
-            quota, period = (folder / "cpu.cfs_quota_us").read_text(), (folder / "cpu.cfs_period_us").read_text()
-            return int(quota) * 100 // int(period)
-        if (folder / "cpu.max").exists():
-            quota, period = (folder / "cpu.max").read_text().split()
-            return int(quota) * 100 // int(period)
-    raise AssertionError(f"no CPU quota in {folders}")
-
-
-def test_the_host_cpu_quota_gives_the_sentry_room_beyond_the_sandbox_share(gvisor_sandbox, gvisor_manager):
-    """systrap spins while it waits; held to the bare share, a loop of short commands is throttled."""
-    gvisor_sandbox.exec("true", [])
-    share = gvisor_sandbox._record.limits.cpu_percent
-    quota = cpu_quota_percent(gvisor_manager.cgroup(gvisor_sandbox._record).folders)
-    assert quota == share + share * SENTRY_CPU_PERCENT // 100 > share
 
 
 def test_container_ids_have_one_width_so_no_id_prefixes_another():

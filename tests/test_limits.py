@@ -60,3 +60,21 @@ def test_without_a_quota_the_layer_is_a_plain_folder(make_sandbox, manager):
     sandbox = make_sandbox(limits=Limits(disk_mb=None))
     sandbox.write_file("/workspace/f", "plain")
     assert (manager.sandbox_dir(sandbox.name) / "upper" / "workspace" / "f").read_text() == "plain"
+
+
+def test_the_cpu_quota_is_the_share_with_one_period_of_burst(make_sandbox, manager):
+    """The long-run average is the sandbox's share; a quiet period's unused time may be spent in a spike."""
+    sandbox = make_sandbox(limits=Limits(cpu_percent=50))
+    sandbox.exec("true")
+    folders = manager.cgroup(sandbox._record).folders
+    v1 = [folder for folder in folders if (folder / "cpu.cfs_quota_us").exists()]
+    if v1:
+        quota, period = (int((v1[0] / name).read_text()) for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        burst_file = v1[0] / "cpu.cfs_burst_us"
+    else:
+        quota, period = (int(value) for value in (folders[0] / "cpu.max").read_text().split())
+        burst_file = folders[0] / "cpu.max.burst"
+    assert quota * 100 // period == 50
+    if not burst_file.exists():
+        pytest.skip("this kernel has no CPU burst (Linux 5.14+)")
+    assert int(burst_file.read_text()) == quota

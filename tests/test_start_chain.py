@@ -52,10 +52,11 @@ def test_each_sandbox_gets_its_own_copy_of_one_blank_disk_handed_to_its_uid(mana
             sandbox.write_file("/workspace/own", sandbox.name)
             assert sandbox.exec("stat", ["-c", "%u", "/workspace", "/tmp", "/root"]).stdout.split() == ["0", "0", "0"]
         assert first.read_file("/workspace/own").content == first.name  # two images, not one shared
-        blanks = list(manager.settings.images_dir.glob("blank-*.img"))
+        disk_mb = first._record.limits.disk_mb
+        blanks = list(manager.settings.images_dir.glob(f"blank-{disk_mb}m-*.img"))  # one per size
         assert len(blanks) == 1 and os.stat(blanks[0]).st_uid == 0
         image = manager.sandbox_dir(first.name) / rootfs.DISK_IMAGE
-        assert image.stat().st_size == first._record.limits.disk_mb << 20
+        assert image.stat().st_size == disk_mb << 20
         assert image.stat().st_blocks * 512 < 8 << 20  # sparse: a copy of the blank's data only
     finally:
         first.destroy()

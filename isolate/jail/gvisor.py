@@ -17,15 +17,11 @@ How a sandbox starts:
    A host-wide bound limits how many gVisor sandboxes run at once (see `Slots`).
 
 The host limits leave room for the Sentry: gVisor's own threads count against a host pids
-limit (hitting it makes the Sentry panic), its memory against the host memory limit
-(hitting it ends the whole sandbox, which is then reported as an OOM), and its CPU time
-against the host CPU quota (systrap's dispatcher and stub threads spin while they wait for
-each other, so a loop of short commands needs ~1.1 cores where nsjail's needs under one:
-held to exactly the sandbox's share, the whole sandbox, Sentry included, is throttled to a
-stop for the rest of each 100 ms period, which costs warm execs ~1.2 ms of median and up
-to 2.5 ms of p90). Inside, the sandbox's pids limit is RLIMIT_NPROC, which the Sentry enforces
-for the sandbox's processes; gVisor keeps no CPU quota of its own, so the host quota is the
-one CPU limit, a quarter above the share (a CPU hog still gets at most 1.25x its share).
+limit (hitting it makes the Sentry panic) and its memory against the host memory limit
+(hitting it ends the whole sandbox, which is then reported as an OOM). Inside, the sandbox's
+pids limit is RLIMIT_NPROC, which the Sentry enforces for the sandbox's processes. gVisor
+keeps no CPU quota of its own, so the host quota (with its burst, see `cgroups.cpu_quota_us`)
+is the one CPU limit, shared with the Sentry.
 """
 
 from __future__ import annotations
@@ -57,7 +53,6 @@ from .runsc import best_platform, cache_path, find_runsc
 DOOR_FD, CODE_FD = 3, 4  # where the agent finds them inside
 SENTRY_MEMORY_MB = 64  # the Sentry (~16 MiB idle), the gofer (~7 MiB) and their buffers, beside the sandbox's own memory
 SENTRY_PIDS = 512  # host threads of the Sentry and gofer, plus one stub per sandbox process
-SENTRY_CPU_PERCENT = 25  # of the sandbox's CPU share: the Sentry's work and spinning beside the sandbox's own
 SLOTS_DIR = Path("/run/isolate/gvisor-running")
 MAX_VARIABLE, WAIT_VARIABLE = "ISOLATE_GVISOR_MAX", "ISOLATE_GVISOR_WAIT"
 DEFAULT_WAIT = 30.0
@@ -236,9 +231,8 @@ class GvisorBackend:
         oci_seccomp(policy_text)
 
     def host_limits(self, limits: Limits) -> Limits:
-        """The sandbox's limits plus gVisor's own share of memory, threads and CPU (see the module's docstring)."""
-        cpu_percent = limits.cpu_percent + limits.cpu_percent * SENTRY_CPU_PERCENT // 100
-        return replace(limits, memory_mb=limits.memory_mb + SENTRY_MEMORY_MB, pids=limits.pids + SENTRY_PIDS, cpu_percent=cpu_percent)
+        """The sandbox's limits plus gVisor's own share of memory and threads (see the module's docstring)."""
+        return replace(limits, memory_mb=limits.memory_mb + SENTRY_MEMORY_MB, pids=limits.pids + SENTRY_PIDS)
 
     def start(self, spec: JailSpec) -> int:
         binary = find_runsc()
