@@ -4,6 +4,7 @@ loop device, and cheap cgroup moves."""
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from isolate import IsolateError, Sandbox, SandboxManager, Settings, cgroups, config, rootfs, syscalls
+from isolate.jail import launch
 from tests.conftest import unique_name
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting and chowning need root")
@@ -112,3 +114,31 @@ def test_cgroup_moves_are_made_cheap_where_the_host_has_cgroup2(manager, sandbox
     if cgroups.v2_mount_point() is None:
         pytest.skip("this host has no cgroup2 hierarchy to set favordynmods on")
     assert cgroups.favors_dynamic_moves()
+
+
+@needs_root
+def test_the_start_helper_joins_cgroups_drops_to_the_uid_and_runs_the_program(manager, tmp_path):
+    helper = launch.enter_helper(manager.settings.libexec_dir)
+    if helper is None:
+        pytest.skip("no C compiler on this host: sh and setpriv start jails instead (tested below)")
+    assert os.stat(helper).st_uid == 0 and os.access(helper, os.X_OK)
+    ran = subprocess.run([str(helper), "0", "65534", "/bin/sh", "-c", "id -u; id -G"], capture_output=True, text=True)
+    assert (ran.returncode, ran.stdout.split()) == (0, ["65534", "65534"])  # no group of root's kept
+    assert subprocess.run([str(helper), "0", "-", "/usr/bin/id", "-u"], capture_output=True, text=True).stdout == "0\n"
+    refusals = {96: ["x", "-", "/bin/true"], 97: ["1", str(tmp_path / "no-cgroup"), "-", "/bin/true"],
+                98: ["0", "not-a-uid", "/bin/true"], 99: ["0", "-", str(tmp_path / "no-program")]}
+    for status, args in refusals.items():
+        assert subprocess.run([str(helper), *args], capture_output=True).returncode == status
+
+
+@needs_root
+def test_without_a_c_compiler_sh_and_setpriv_start_the_jail(manager, backend, monkeypatch):
+    monkeypatch.setattr(launch, "enter_helper", lambda libexec_dir: None)
+    sandbox = Sandbox(manager, manager.open(unique_name("nocc"), backend=backend))
+    try:
+        assert sandbox.exec("id", ["-u"]).stdout == "0\n"
+        assert sandbox.exec("cat", ["/proc/self/cgroup"]).stdout.strip().endswith(":/")
+        host_uids = {os.stat(f"/proc/{pid}").st_uid for pid in manager.cgroup(sandbox._record).pids()}
+        assert host_uids == {sandbox._record.uid} if backend == "nsjail" else sandbox._record.uid in host_uids
+    finally:
+        sandbox.destroy()

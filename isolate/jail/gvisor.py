@@ -253,10 +253,10 @@ class GvisorBackend:
             argv = [*runsc, f"--pass-fd={code}:{CODE_FD}", container_id(spec.name)]
             with self.slots.claim(spec.cgroup.folders[0]):
                 with open(spec.run_dir / "jail.log", "ab") as log:
-                    process = start_supervisor(argv, cgroup_procs=spec.cgroup.procs_files(), disk=disk_mount(spec),
+                    process = start_supervisor(argv, uid=None, cgroup_procs=spec.cgroup.procs_files(), disk=disk_mount(spec),
                                                prepare=lambda: (rootfs.hand_over(plan, spec.uid), overlay.make()), netns_path=spec.netns,
                                                pass_fds=(spec.door_fd, code), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                                               stderr=log.fileno())
+                                               stderr=log.fileno(), libexec_dir=self.libexec_dir)
                 _joined(spec.cgroup, process)
         finally:
             os.close(code)

@@ -10,16 +10,21 @@ live exactly as long as the jail's processes do.
 (Doing this with `unshare` and `mount -o loop` cost three program starts, and mount(8)
 first looks at every loop device on the host, so it grew slower with every sandbox running.)
 
-The supervisor itself is `sh`, still root: a process can only be moved whole into a
-cgroup v2, so it moves itself into the sandbox's cgroups before it runs the backend's
-command, which is then charged and limited from its first instruction.
+The supervisor begins as `isolate-enter` (enter.c, built once with the host's C compiler),
+still root: a process can only be moved whole into a cgroup v2, so it moves itself into the
+sandbox's cgroups, then drops to the sandbox's uid if asked, and runs the backend's command,
+which is charged and limited from its first instruction. Where no compiler is, `sh` and
+`setpriv` do the same in ~2.4 ms more of every start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
+import hashlib
 import os
+import shutil
 import struct
 import subprocess
 import threading
@@ -31,6 +36,7 @@ from .. import syscalls
 from ..errors import HostError
 from ..net import netns
 
+ENTER_SOURCE = Path(__file__).with_name("enter.c")
 JOIN_CGROUPS = r"""
 count=$1
 shift
@@ -111,12 +117,47 @@ def attach_loop_device(disk: Disk) -> tuple[str, int]:
         os.close(backing)
 
 
-def start_supervisor(argv: list[str], *, cgroup_procs: list[str], disk: Disk | None, prepare: Callable[[], object],
-                     netns_path: Path | None, pass_fds: tuple[int, ...], env: dict[str, str], stderr: int) -> subprocess.Popen[bytes]:
+@functools.lru_cache(maxsize=4)
+def enter_helper(libexec_dir: Path) -> Path | None:
+    """isolate-enter, built from enter.c once per version of it; None where no C compiler is."""
+    source = ENTER_SOURCE.read_bytes()
+    target = libexec_dir / f"isolate-enter-{hashlib.sha256(source).hexdigest()[:12]}"
+    if target.exists():
+        return target
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    libexec_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    temp = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        for static in (["-static"], []):  # static starts fastest; a host without libc.a gets it dynamic
+            if subprocess.run([compiler, "-O2", *static, "-o", str(temp), str(ENTER_SOURCE)], capture_output=True).returncode == 0:
+                temp.chmod(0o755)
+                os.replace(temp, target)
+                return target
+        return None
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def supervisor_argv(argv: list[str], uid: int | None, cgroup_procs: list[str], libexec_dir: Path) -> list[str]:
+    """`argv` behind what joins the cgroups and, unless `uid` is None, drops to that uid."""
+    helper = enter_helper(libexec_dir)
+    if helper is not None:
+        return [str(helper), str(len(cgroup_procs)), *cgroup_procs, "-" if uid is None else str(uid), *argv]
+    drop = [] if uid is None else ["/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    return ["/bin/sh", "-c", JOIN_CGROUPS, "isolate-supervisor", str(len(cgroup_procs)), *cgroup_procs, *drop, *argv]
+
+
+def start_supervisor(argv: list[str], *, uid: int | None, cgroup_procs: list[str], disk: Disk | None, prepare: Callable[[], object],
+                     netns_path: Path | None, pass_fds: tuple[int, ...], env: dict[str, str], stderr: int,
+                     libexec_dir: Path) -> subprocess.Popen[bytes]:
     """Start `argv` as the jail's supervisor: in its own mount namespace holding `disk` (a disk
     image, mounted through a loop device) and what `prepare` then makes there, inside
-    `netns_path` if given, and in the cgroups whose `cgroup.procs` files are listed."""
+    `netns_path` if given, in the cgroups whose `cgroup.procs` files are listed, and as `uid`
+    (None: as root)."""
     outcome: list[subprocess.Popen[bytes] | BaseException] = []
+    full_argv = supervisor_argv(argv, uid, cgroup_procs, libexec_dir)
 
     def launch() -> None:
         try:
@@ -130,10 +171,8 @@ def start_supervisor(argv: list[str], *, cgroup_procs: list[str], disk: Disk | N
                     os.close(device)
             prepare()
             with netns.entered(netns_path) if netns_path else contextlib.nullcontext():
-                outcome.append(subprocess.Popen(
-                    ["/bin/sh", "-c", JOIN_CGROUPS, "isolate-supervisor", str(len(cgroup_procs)), *cgroup_procs, *argv],
-                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr, pass_fds=pass_fds,
-                    start_new_session=True, env=env))
+                outcome.append(subprocess.Popen(full_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                                pass_fds=pass_fds, start_new_session=True, env=env))
         except OSError as exc:
             outcome.append(HostError(f"cannot start the jail: {exc}"))
         except BaseException as exc:  # handed to the caller's thread

