@@ -155,6 +155,14 @@ def test_allowlisting_the_host_or_metadata_still_reaches_nothing(make_sandbox, m
     assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"  # 128.0.0.0/1 covers it
 
 
+def test_a_network_change_right_after_creation_reaches_the_new_jail(make_sandbox, remote):
+    """A new sandbox's jail starts with it; a change made at once must not miss it while it boots."""
+    for _ in range(5):
+        sandbox = make_sandbox()
+        sandbox.set_network("open")
+        assert probe(sandbox, remote.address, 7001) == f"ok hello {remote.address}"
+
+
 def test_set_network_applies_live_without_restarting(sandbox, remote):
     sandbox.exec("nohup sleep 300 >/dev/null 2>&1 & echo $! > /tmp/sleeper")
     sleeper = sandbox.read_file("/tmp/sleeper").content.strip()

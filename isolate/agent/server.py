@@ -649,7 +649,7 @@ class Exec(Relay):
                 self.conn.sendall(encode_frame({"ev": "start", "pid": self.pid}))
                 self.pump({out_r: 1, err_r: 2}, started, {wake_r: drain}, self.stdin_data)
             except OSError:
-                kill_group(self.pid)  # the host is gone: the command goes with it
+                kill_group(self.pid, linger=KILL_GRACE)  # the host is gone: the command goes with it
                 raise
         finally:
             with agent.lock:
@@ -1222,11 +1222,18 @@ def find_program(name, search_path):
     raise SpawnError(errno.ENOENT, "exec")
 
 
-def kill_group(pid):
-    try:
-        os.killpg(pid, 9)
-    except OSError:
-        pass
+def kill_group(pid, linger=0.0):
+    """SIGKILL the process group `pid` leads; with `linger`, again until none of it is left (or
+    that many seconds passed): gVisor can let a child forked while the signal went out escape it."""
+    deadline = time.monotonic() + linger
+    while True:
+        try:
+            os.killpg(pid, 9)
+        except OSError:
+            return  # nobody left in the group
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)
 
 
 def forget_stdio():
