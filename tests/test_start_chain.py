@@ -142,3 +142,27 @@ def test_without_a_c_compiler_sh_and_setpriv_start_the_jail(manager, backend, mo
         assert host_uids == {sandbox._record.uid} if backend == "nsjail" else sandbox._record.uid in host_uids
     finally:
         sandbox.destroy()
+
+
+@needs_root
+@pytest.mark.backends("nsjail")
+def test_nsjail_runs_nothing_from_a_config_cut_short(manager, monkeypatch, tmp_path):
+    """nsjail reads its config from a pipe while its mounts are made; were the host to die mid-way,
+    what arrived must start nothing, so the command is the config's last line and only there."""
+    from isolate.jail import nsjail
+
+    seen: list[str] = []
+    original = nsjail.render_config
+    monkeypatch.setattr(nsjail, "render_config", lambda *args: seen.append(original(*args)) or seen[-1])
+    sandbox = Sandbox(manager, manager.open(unique_name("cut")))
+    try:
+        sandbox.exec("true")
+        lines = seen[-1].splitlines()
+        assert lines[-1].startswith("exec_bin {") and sum(line.startswith("exec_bin") for line in lines) == 1
+        binary = nsjail.stage_nsjail(manager.settings.libexec_dir)
+        for cut in (len(lines) - 1, len(lines) // 2):
+            (tmp_path / "cut.cfg").write_text("\n".join(lines[:cut]) + "\n")
+            ran = subprocess.run([str(binary), "--config", str(tmp_path / "cut.cfg")], capture_output=True, text=True, timeout=30)
+            assert ran.returncode != 0 and "No command" in ran.stderr
+    finally:
+        sandbox.destroy()

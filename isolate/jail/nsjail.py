@@ -176,6 +176,10 @@ def render_config(spec: JailSpec, code_fd: int, devices: Path = DEVICES_FOLDER) 
     ]
     lines += proc_masks(f"{devices}/null")
     lines.append(f"seccomp_string: {quote(policy.load(spec.policy))}")
+    # The command comes last and nowhere else: nsjail runs nothing from a config cut short (one
+    # that lost its end has no command; one cut inside it does not parse).
+    command = agent_argv(spec.door_fd, spec.idle_timeout, code_fd)
+    lines.append(f"exec_bin {{ path: {quote(command[0])} " + " ".join(f"arg: {quote(arg)}" for arg in command[1:]) + " }")
     return "\n".join(lines) + "\n"
 
 
@@ -214,7 +218,8 @@ class NsjailBackend:
     def start(self, spec: JailSpec) -> int:
         binary = stage_nsjail(self.libexec_dir)
         # the config comes on a pipe: nsjail loads (its libraries' relocations alone take ~2 ms)
-        # and waits for it while the mounts it needs are made
+        # and waits for it while the mounts it needs are made (should this process die before it
+        # is whole, nsjail finds no command in it and runs nothing: see `render_config`)
         (config_r, config_w), code_fd = os.pipe(), agent_code_file()
         unclosed = [config_r, config_w, code_fd]
         os.fchown(config_r, spec.uid, spec.uid)  # nsjail reopens it through /proc/self/fd as that uid
@@ -226,7 +231,7 @@ class NsjailBackend:
 
         try:
             config = render_config(spec, code_fd).encode()
-            argv = [str(binary), "--config", f"/proc/self/fd/{config_r}", "--", *agent_argv(spec.door_fd, spec.idle_timeout, code_fd)]
+            argv = [str(binary), "--config", f"/proc/self/fd/{config_r}"]
             with open(spec.run_dir / "jail.log", "ab") as log:
                 process = start_supervisor(argv, uid=spec.uid, cgroup_procs=spec.cgroup.procs_files(), disk=disk_mount(spec),
                                            prepare=lambda: prepare_namespace(spec), netns_path=spec.netns,
