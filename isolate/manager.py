@@ -20,7 +20,6 @@ import shutil
 import signal
 import socket
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -411,8 +410,7 @@ class SandboxManager:
 
     def _apply_network(self, record: SandboxRecord, updated: SandboxRecord) -> SandboxRecord:
         """Apply changed network settings live if the sandbox runs, then keep them (the caller holds the lock)."""
-        run_dir = self.run_dir(record.name)
-        members = self._members(record, run_dir)
+        run_dir, members = self.run_dir(record.name), self.cgroup(record).pids()
         try:
             self.networks.update(updated, run_dir, members)
         except BaseException:
@@ -420,21 +418,6 @@ class SandboxManager:
             raise
         self.save(updated)
         return updated
-
-    def _members(self, record: SandboxRecord, run_dir: Path, within: float = 2.0) -> list[int]:
-        """The sandbox's host pids. A jail started a moment ago may not be in its cgroups yet (its
-        supervisor moves itself there first thing): wait for it rather than take it for gone."""
-        cgroup = self.cgroup(record)
-        try:
-            supervisor = int((run_dir / "pid").read_text())
-        except (OSError, ValueError):
-            return cgroup.pids()
-        deadline = time.monotonic() + within
-        while True:
-            members = cgroup.pids()
-            if supervisor in members or not os.path.exists(f"/proc/{supervisor}") or time.monotonic() > deadline:
-                return members
-            time.sleep(0.002)
 
     def _change_network(self, name: str, change: Callable[[SandboxRecord], SandboxRecord]) -> SandboxRecord:
         with self._lock(name):

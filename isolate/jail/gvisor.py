@@ -42,7 +42,6 @@ from pathlib import Path
 
 from .. import kafel, policy, rootfs
 from ..agent import agent_argv, agent_code_file
-from ..cgroups import SandboxCgroup
 from ..errors import HostError, IsolateError, SandboxError
 from ..rootfs import MOUNT_POINT
 from ..types import Limits
@@ -132,13 +131,6 @@ class Slots:
             yield
         finally:
             os.close(fd)
-
-
-def _joined(cgroup: SandboxCgroup, process: subprocess.Popen[bytes], within: float = 10.0) -> None:
-    """Wait until the supervisor is in the sandbox's cgroup (its first act), or has ended."""
-    deadline = time.monotonic() + within
-    while not cgroup.pids() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
 
 
 def _in_image(spec: JailSpec, path: str) -> bool:
@@ -251,13 +243,11 @@ class GvisorBackend:
         code = agent_code_file()
         try:
             argv = [*runsc, f"--pass-fd={code}:{CODE_FD}", container_id(spec.name)]
-            with self.slots.claim(spec.cgroup.folders[0]):
-                with open(spec.run_dir / "jail.log", "ab") as log:
-                    process = start_supervisor(argv, uid=None, cgroup_procs=spec.cgroup.procs_files(), disk=disk_mount(spec),
-                                               prepare=lambda: (rootfs.hand_over(plan, spec.uid), overlay.make()), netns_path=spec.netns,
-                                               pass_fds=(spec.door_fd, code), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                                               stderr=log.fileno(), libexec_dir=self.libexec_dir)
-                _joined(spec.cgroup, process)
+            with self.slots.claim(spec.cgroup.folders[0]), open(spec.run_dir / "jail.log", "ab") as log:
+                process = start_supervisor(argv, uid=None, cgroup_procs=spec.cgroup.procs_files(), disk=disk_mount(spec),
+                                           prepare=lambda: (rootfs.hand_over(plan, spec.uid), overlay.make()), netns_path=spec.netns,
+                                           pass_fds=(spec.door_fd, code), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                                           stderr=log.fileno(), libexec_dir=self.libexec_dir)
         finally:
             os.close(code)
         return self._sentry(process, pid_file, spec)

@@ -28,6 +28,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ LO_FLAGS_AUTOCLEAR = 4
 # struct loop_config: fd, block_size, then struct loop_info64 (lo_flags at byte 52 of it), then reserved
 LOOP_CONFIG_SIZE, LOOP_FLAGS_OFFSET = 304, 8 + 52
 ATTACH_ATTEMPTS = 8  # another process may take the free device between asking and configuring it
+JOIN_WITHIN = 10.0  # seconds a supervisor may take to join its cgroups (it is its first act)
 
 
 @dataclass(frozen=True)
@@ -201,4 +203,22 @@ def start_supervisor(argv: list[str], *, uid: int | None, cgroup_procs: list[str
     thread.join()
     if isinstance(outcome[0], BaseException):
         raise outcome[0]
+    wait_until_joined(outcome[0], cgroup_procs)
     return outcome[0]
+
+
+def wait_until_joined(process: subprocess.Popen[bytes], cgroup_procs: list[str], within: float = JOIN_WITHIN) -> None:
+    """Return once the supervisor is in its cgroups (the last one it joins lists it), or has
+    ended: from then on the sandbox's pids include it (a live network change looks for it there,
+    gVisor's bound counts sandboxes by them). Under nsjail it joined while the mounts were made."""
+    if not cgroup_procs:
+        return
+    last, pid = Path(cgroup_procs[-1]), str(process.pid)
+    deadline = time.monotonic() + within
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if pid in last.read_text().split():
+                return
+        except OSError:
+            return  # the cgroup went away: the sandbox is being stopped
+        time.sleep(0.001)
