@@ -144,9 +144,10 @@ class SandboxCgroup:
         _write(self.root / "pids" / self.parent / self.name / "pids.max", str(limits.pids))
         cpu = self.root / "cpu" / self.parent / self.name
         _write(cpu / "cpu.cfs_period_us", str(CPU_PERIOD_US))
-        _write(cpu / "cpu.cfs_quota_us", str(cpu_quota_us(limits)))
+        quota = str(cpu_quota_us(limits))
+        _write(cpu / "cpu.cfs_quota_us", quota)
         if (cpu / "cpu.cfs_burst_us").exists():
-            _write(cpu / "cpu.cfs_burst_us", str(cpu_quota_us(limits)))
+            _write(cpu / "cpu.cfs_burst_us", quota)
 
     def _create_v2(self, limits: Limits) -> None:
         parent = self.root / self.parent
@@ -162,9 +163,10 @@ class SandboxCgroup:
         if (folder / "memory.swap.max").exists():
             _write(folder / "memory.swap.max", "0")
         _write(folder / "pids.max", str(limits.pids))
-        _write(folder / "cpu.max", f"{cpu_quota_us(limits)} {CPU_PERIOD_US}")
+        quota = str(cpu_quota_us(limits))
+        _write(folder / "cpu.max", f"{quota} {CPU_PERIOD_US}")
         if (folder / "cpu.max.burst").exists():
-            _write(folder / "cpu.max.burst", str(cpu_quota_us(limits)))
+            _write(folder / "cpu.max.burst", quota)
 
     def procs_files(self) -> list[str]:
         return [str(folder / "cgroup.procs") for folder in self.folders]

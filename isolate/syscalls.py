@@ -1,5 +1,6 @@
 """The few system calls isolate makes that Python's os module lacks (Python 3.11): mount,
-umount2, unshare and setns, through the C library; and the mount table they change."""
+umount2, unshare and setns, through the C library; the mount table they change; and a write
+that does not stop short."""
 
 from __future__ import annotations
 
@@ -43,3 +44,10 @@ def mount_table() -> list[tuple[str, str, str, list[str]]]:
     """(source, mount point, file system type, options) of each mount this process sees."""
     with open("/proc/self/mounts") as mounts:
         return [(fields[0], fields[1], fields[2], fields[3].split(",")) for fields in (line.split() for line in mounts)]
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written (a pipe or file may take it in parts)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -8,6 +8,8 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+from ..syscalls import write_all
+
 HERE = Path(__file__).parent
 AGENT_PYTHON = "/usr/bin/python3"
 
@@ -45,9 +47,6 @@ def _agent_code() -> bytes:
 def agent_code_file() -> int:
     """A memory file holding the agent's code for BOOTSTRAP (the caller closes it)."""
     fd = os.memfd_create("isolate-agent", os.MFD_CLOEXEC)
-    payload = marshal.dumps((tuple(sys.version_info[:2]), _agent_code(), agent_source()))
-    view = memoryview(payload)
-    while view:
-        view = view[os.write(fd, view):]
+    write_all(fd, marshal.dumps((tuple(sys.version_info[:2]), _agent_code(), agent_source())))
     os.lseek(fd, 0, os.SEEK_SET)
     return fd

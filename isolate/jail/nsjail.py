@@ -29,7 +29,7 @@ from .. import policy
 from .. import rootfs as rootfs_layout
 from ..agent import agent_argv, agent_code_file
 from ..errors import HostError
-from ..syscalls import MS_NOEXEC, MS_NOSUID
+from ..syscalls import MS_NOEXEC, MS_NOSUID, write_all
 from ..types import Limits
 from . import AGENT_ENV, JailSpec, disk_mount, reap_in_background
 from .launch import Mount, start_supervisor
@@ -99,12 +99,6 @@ def stage_nsjail(libexec_dir: Path) -> Path:
     temp.chmod(0o755)
     os.replace(temp, target)
     return target
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def prepare_namespace(spec: JailSpec) -> None:
