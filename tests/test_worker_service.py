@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from isolate import SandboxManager, Settings, cgroups
+from isolate import SandboxManager, Settings
 from isolate.worker.server import Listen, parse_listen
 from tests.conftest import unique_name
 from tests.workers import Worker
@@ -55,7 +55,7 @@ def test_sigterm_finishes_in_flight_requests_then_stops_sandboxes_keeping_files(
             slow.join()
         assert answer.get("stdout") == "done\n"
         worker.wait_for("STOPPING=1", 5)  # sent as the stop began (the datagram waits in the socket)
-        assert not manager.is_running(name) and cgroups.SandboxCgroup(manager.settings.instance, name).pids() == []
+        assert not manager.is_running(name) and manager.cgroup(manager.load(name)).pids() == []  # cgroups are named by uid
         assert (worker_state_dir / "sandboxes" / name / "meta.json").is_file()
     finally:
         worker.stop()
