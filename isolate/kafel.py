@@ -28,6 +28,12 @@ than gVisor's table too), and conditions too large for runsc's filter compiler (
 program of at most 4096 instructions), are left out and listed in `Rendering.skipped`;
 gVisor's own kernel answers those calls (it has no SCTP, AF_ALG or odd personalities to
 reach, and raw sockets need a capability the sandbox lacks).
+
+Conditions on `socket`'s and `socketpair`'s family are rendered for the families gVisor has
+only (GVISOR_SOCKET_FAMILIES): it answers EAFNOSUPPORT for every other, whatever the filter
+says, so rules about those decide nothing there. Each rule costs every process start: the
+Sentry runs the whole filter for each system call number at every clone (its cache of
+argument-free answers), and the 69 family rules cost ~1 ms of each exec.
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ FULL = (1 << 64) - 1
 # runsc compiles the whole profile into one BPF program of at most 4096 instructions: a rule that
 # needs more OCI rules than this once written as blocks is left to gVisor's own kernel (and listed)
 MAX_OCI_RULES_PER_RULE = 64
+# The socket families gVisor's kernel has (its providers: unix, netlink, and netstack or hostinet
+# for AF_INET, AF_INET6, AF_PACKET); socket() and socketpair() of any other fail with EAFNOSUPPORT
+# there, read as an int like Linux does (the low 32 bits)
+GVISOR_SOCKET_FAMILIES = (1, 2, 10, 16, 17)
+GVISOR_ARGUMENT_VALUES = {"socket": {0: GVISOR_SOCKET_FAMILIES}, "socketpair": {0: GVISOR_SOCKET_FAMILIES}}
 
 
 class PolicyError(ValidationError):
@@ -333,11 +344,14 @@ def _values(literals: list[Comparison]) -> list[Block]:
     return blocks
 
 
-def _oci_args(clause: tuple[Comparison, ...]) -> list[list[dict[str, int | str]]]:
-    """One OCI argument list per block combination that the clause allows (none if it is impossible)."""
+def _oci_args(clause: tuple[Comparison, ...], meaningful: dict[int, tuple[int, ...]]) -> list[list[dict[str, int | str]]]:
+    """One OCI argument list per block combination that the clause allows (none if it is impossible),
+    for the `meaningful` values of an argument where the kernel has such a list."""
     per_arg = []
     for arg in sorted({c.arg for c in clause}):
         blocks = _values([c for c in clause if c.arg == arg])
+        if arg in meaningful:  # fewer blocks when the condition reads the low 32 bits only (as the policies' do)
+            blocks = min(blocks, _intersect(blocks, [(0xFFFFFFFF, value) for value in meaningful[arg]]), key=len)
         if not blocks:
             return []  # no value satisfies the clause
         if all(mask for mask, _ in blocks):  # a block with an empty mask: any value, no condition
@@ -368,7 +382,8 @@ def to_oci(policy: Policy) -> Rendering:
         action: dict[str, object] = {"names": [rule.syscall], "action": OCI_ACTIONS[rule.action]}
         if rule.action == "ERRNO":
             action["errnoRet"] = rule.errno or errno.EPERM
-        combos = [combo for clause in rule.clauses for combo in _oci_args(clause)] if rule.clauses != ((),) else [[]]
+        meaningful = GVISOR_ARGUMENT_VALUES.get(rule.syscall, {})
+        combos = [combo for clause in rule.clauses for combo in _oci_args(clause, meaningful)] if rule.clauses != ((),) else [[]]
         if len(combos) > MAX_OCI_RULES_PER_RULE:
             skipped.append(f"{rule.syscall}: a condition of {len(combos)} filter rules, more than runsc compiles; left to gVisor")
             continue

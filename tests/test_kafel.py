@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from isolate import kafel, policy
 from isolate.kafel import PolicyError
 
-NUMBERS = {56: "clone", 135: "personality", 156: "_sysctl", 166: "umount2", 41: "socket", 16: "ioctl", 435: "clone3", 0: "read"}
+NUMBERS = {56: "clone", 135: "personality", 156: "_sysctl", 166: "umount2", 41: "socket", 53: "socketpair", 16: "ioctl", 435: "clone3",
+           0: "read"}
 MASK64 = (1 << 64) - 1
 
 
@@ -60,6 +61,10 @@ def test_the_default_policy_renders_for_runsc_and_says_what_it_leaves_to_gvisor(
     assert not oci_denies(profile, "clone", (0x01200011, 0, 0, 0, 0, 0))  # what fork() passes
     assert oci_denies(profile, "ioctl", (0, 0x5412, 0, 0, 0, 0)) and oci_denies(profile, "ioctl", (0, 0xFFFFFFFF00005412, 0, 0, 0, 0))
     assert not oci_denies(profile, "read", (0,) * 6)
+    assert oci_denies(profile, "socket", (17, 3, 0, 0, 0, 0))  # AF_PACKET: gVisor has it, the policy refuses it
+    assert not oci_denies(profile, "socket", (2, 1, 0, 0, 0, 0))
+    # a family gVisor lacks (AF_ALG) needs no rule: gVisor answers EAFNOSUPPORT itself
+    assert not any(condition.get("valueTwo") == 38 for rule in profile["syscalls"] for condition in rule.get("args", []))
     assert not any("clone3" in rule["names"] for rule in profile["syscalls"])  # runsc could only answer EPERM there
     # every deny of the policy is either rendered or listed as left to gVisor
     rendered = {name for rule in profile["syscalls"] for name in rule["names"]}
@@ -132,3 +137,31 @@ def test_the_rendering_decides_exactly_as_kafel(rules, args):
         return  # too large for runsc: listed, left to gVisor (checked above for the real policy)
     full = (*args, 0, 0, 0, 0)
     assert oci_denies(rendering.profile, "clone", full) == kafel_denies(parsed, "clone", full)
+
+
+families = st.sampled_from([0, 1, 2, 3, 10, 16, 17, 38, 40, 0xFFFFFFFF, (1 << 32) | 2, (1 << 32) | 38, MASK64])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["==", "!=", "&==", "&!="]), st.sampled_from([1, 2, 10, 16, 17, 38])),
+                         min_size=1, max_size=4), min_size=1, max_size=3),
+       st.sampled_from(["socket", "socketpair"]), families)
+def test_family_rules_decide_as_kafel_for_every_family_gvisor_has(rules, call, family):
+    """Rules on a socket family are rendered for the families gVisor has only; for those, runsc
+    refuses what nsjail refuses (any other, gVisor refuses itself: EAFNOSUPPORT)."""
+    actions = ["ERRNO(97)", "ALLOW"]
+
+    def condition(op: str, value: int) -> str:
+        return f"(d & 0xffffffff) {op[1:]} {value}" if op.startswith("&") else f"d {op} {value}"
+
+    body = ", ".join(f"{actions[i % 2]} {{ {call}(d) {{ {' && '.join(condition(*c) for c in clause)} }} }}"
+                     for i, clause in enumerate(rules))
+    parsed = kafel.parse(f"POLICY p {{ {body} }} USE p DEFAULT ALLOW", NUMBERS)
+    rendering = kafel.to_oci(parsed)
+    if rendering.skipped:
+        return  # too large for runsc: listed, left to gVisor
+    args = (family, 1, 0, 0, 0, 0)
+    if family & 0xFFFFFFFF in kafel.GVISOR_SOCKET_FAMILIES:
+        assert oci_denies(rendering.profile, call, args) == kafel_denies(parsed, call, args)
+    if all(op.startswith("&") for clause in rules for op, _ in clause):  # the low 32 bits only, as Linux reads an int
+        assert len(rendering.profile["syscalls"]) <= len(rules) * len(kafel.GVISOR_SOCKET_FAMILIES)

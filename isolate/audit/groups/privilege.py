@@ -61,13 +61,12 @@ def _denied(audit: Audit, label: str, nr: int, args: tuple[int, ...], expected: 
 
 # gVisor answers these itself: it does not implement them (its filter table has no name for them either)
 GVISOR_UNIMPLEMENTED = {"quotactl_fd", "process_madvise", "pidfd_getfd", "set_mempolicy_home_node", "open_tree_attr", "mount_setattr"}
-# argument checks gVisor's own kernel answers (runsc's filter answers EPERM, and these rules are left to gVisor: kafel.py)
+# argument checks gVisor's own kernel answers (runsc's filter answers EPERM, and these rules are left to gVisor: kafel.py);
+# families gVisor lacks (AF_ALG, AF_VSOCK) it refuses itself with EAFNOSUPPORT, the answer nsjail's filter gives
 GVISOR_ARGUMENT_ANSWERS = {
     "clone3": ("EINVAL", "gVisor implements clone3 (the probe's arguments are invalid); namespaces made with it stay in gVisor's kernel"),
     "socket-af-packet": ("EPERM", "gVisor wants CAP_NET_RAW for packet sockets, which the sandbox lacks"),
     "socket-af-packet-high-bits": ("EPERM", "gVisor wants CAP_NET_RAW for packet sockets, which the sandbox lacks"),
-    "socket-af-alg": ("EPERM", "runsc's filter refuses what the policy refuses, with EPERM"),
-    "socket-af-vsock": ("EPERM", "runsc's filter refuses what the policy refuses, with EPERM"),
     "socketpair-af-packet": ("EPERM", "runsc's filter refuses what the policy refuses, with EPERM"),
     "socket-sctp": ("EAFNOSUPPORT", "gVisor has no SCTP: nothing reaches the host kernel to load a module"),
     "socket-sctp-seqpacket": ("EAFNOSUPPORT", "gVisor has no SCTP: nothing reaches the host kernel to load a module"),
