@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from isolate import IsolateError, Sandbox
-from isolate.jail.gvisor import MAX_VARIABLE, WAIT_VARIABLE, Slots, container_id
+from isolate.jail.gvisor import MAX_VARIABLE, SLOTS_DIR, WAIT_VARIABLE, Slots, container_id
 from tests.conftest import backend_missing, host_processes_mentioning, unique_name
 
 pytestmark = [
@@ -62,6 +62,7 @@ def test_a_running_sandbox_holds_one_slot_until_it_stops(gvisor_sandbox, gvisor_
     assert Slots().holders().count(folder) == 1
     gvisor_sandbox.stop()
     assert folder not in Slots().holders()
+    assert str(folder) not in [os.readlink(link) for link in SLOTS_DIR.iterdir() if link.is_symlink()]  # nothing left registered
 
 
 def test_starting_past_the_bound_fails_clearly_and_loses_nothing(gvisor_sandbox, monkeypatch):

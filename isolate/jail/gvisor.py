@@ -123,6 +123,12 @@ class Slots:
     def in_use(self) -> int:
         return len(self.holders())
 
+    def forget_ended(self) -> None:
+        """Drop the registrations of sandboxes whose processes ended (else the next claim would)."""
+        if self.folder.is_dir():
+            with self._guard():
+                self.holders(prune=True)
+
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
         fd = os.open(self.folder / "guard", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -268,14 +274,15 @@ class GvisorBackend:
         return int(pid_file.read_text())
 
     def cleanup(self, run_dir: Path, sandbox_dir: Path) -> None:
-        """runsc's state folder, the bundle and the root mount point; processes ended with the
-        sandbox's cgroup, and the overlay with them (it was only mounted in their namespace).
+        """runsc's state folder, the bundle, the root mount point and the slot's registration; processes
+        ended with the sandbox's cgroup, and the overlay with them (it was only mounted in their namespace).
 
         The mount point is only ever rmdir'ed, never walked: were the overlay somehow mounted
         there in this namespace, a recursive delete would erase the sandbox's files.
         """
         mount_point = sandbox_dir / MOUNT_POINT
         rootfs.unmount_under(sandbox_dir)
+        self.slots.forget_ended()
         for folder in (run_dir / "runsc", run_dir / "bundle"):
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(folder)
