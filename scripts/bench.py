@@ -64,8 +64,11 @@ def line(label: str, samples: list[float], baseline: float | None = None, baseli
     return median(samples)
 
 
-def backend_figures(manager: SandboxManager, backend: str, runs: int, cold_runs: int) -> dict[str, list[float]]:
-    """Cold start (fresh and from the warm pool), warm exec, ping, 1 MiB round trip, idle PSS."""
+def backend_figures(manager: SandboxManager, backend: str, runs: int, cold_runs: int,
+                    process_cost: Callable[[int], list[float]] | None = None) -> dict[str, list[float]]:
+    """Cold start (fresh and from the warm pool), warm exec, ping, 1 MiB round trip, idle PSS; with
+    `process_cost`, the backend's own cost of a process, measured in turns with the warm execs (the
+    VM's speed drifts within minutes: a baseline taken apart from them would not compare)."""
     counter = iter(range(10**6))
     figures: dict[str, list[float]] = {"cold": [], "pooled": []}
     for _ in range(cold_runs):
@@ -98,7 +101,11 @@ def backend_figures(manager: SandboxManager, backend: str, runs: int, cold_runs:
 
     sandbox = Sandbox(manager, manager.open(f"warm-{backend}", backend=backend))
     sandbox.exec("true", [])
-    figures["warm"] = timed(lambda: sandbox.exec("true", []), runs)
+    figures["warm"], figures["process"] = [], []
+    for _ in range(5):
+        figures["warm"] += timed(lambda: sandbox.exec("true", []), runs // 5)
+        if process_cost:
+            figures["process"] += process_cost(runs // 5)
     figures["ping"] = timed(sandbox.ping, runs)
     payload = os.urandom(MiB)
 
@@ -153,22 +160,26 @@ def main() -> None:
             do_argv = [str(runsc_binary), f"--root={do_root}", f"--platform={platform}", "--network=none", "do", "/bin/true"]
             baselines["gvisor"] = line(f"baseline: runsc do true ({platform})",
                                        timed(lambda: subprocess.run(do_argv, check=True), args.cold_runs), bare, "bare")
-            loop = subprocess.run([*do_argv[:-1], "/usr/bin/python3", "-I", "-S", "-c", SPAWN_LOOP, str(args.runs)],
-                                  check=True, capture_output=True, text=True).stdout
-            baselines["gvisor process"] = line("baseline: in runsc do, spawn + wait of true", [float(v) for v in loop.split()], bare, "bare")
+
+            def gvisor_process_cost(count: int) -> list[float]:
+                loop = subprocess.run([*do_argv[:-1], "/usr/bin/python3", "-I", "-S", "-c", SPAWN_LOOP, str(count)],
+                                      check=True, capture_output=True, text=True).stdout
+                return [float(v) for v in loop.split()]
         line("network: new namespace, lo up (every start)", timed(lambda: os.close(netns.create()), args.runs))
         print()
 
         results = {}
         for backend in backends:
-            results[backend] = figures = backend_figures(manager, backend, args.runs, args.cold_runs)
+            results[backend] = figures = backend_figures(manager, backend, args.runs, args.cold_runs,
+                                                         gvisor_process_cost if backend == "gvisor" else None)
             alone = "runsc do true" if backend == "gvisor" else "nsjail alone"
             line(f"{backend}: cold start (create + first true)", figures["cold"], baselines[backend], alone)
             for label in ("allowlist", "open"):
                 line(f"{backend}: cold start, network {label}", figures[f"network {label}"], median(figures["cold"]), "network none")
             line(f"{backend}: cold start from the warm pool", figures["pooled"], baselines[backend], alone)
-            if backend == "gvisor":
-                line(f"{backend}: warm exec of true", figures["warm"], baselines["gvisor process"], "spawn in runsc do")
+            if figures["process"]:
+                baselines[f"{backend} process"] = line("gvisor: in runsc do, spawn + wait of true", figures["process"], bare, "bare")
+                line(f"{backend}: warm exec of true (in turns with it)", figures["warm"], baselines[f"{backend} process"], "spawn in runsc do")
             else:
                 line(f"{backend}: warm exec of true", figures["warm"], bare, "bare")
             line(f"{backend}: ping (agent round trip)", figures["ping"])
