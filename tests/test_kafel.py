@@ -165,3 +165,10 @@ def test_family_rules_decide_as_kafel_for_every_family_gvisor_has(rules, call, f
         assert oci_denies(rendering.profile, call, args) == kafel_denies(parsed, call, args)
     if all(op.startswith("&") for clause in rules for op, _ in clause):  # the low 32 bits only, as Linux reads an int
         assert len(rendering.profile["syscalls"]) <= len(rules) * len(kafel.GVISOR_SOCKET_FAMILIES)
+
+
+def test_a_rule_about_families_gvisor_lacks_is_left_to_gvisor_and_listed():
+    parsed = kafel.parse("POLICY p { ERRNO(1) { socket(d) { (d & 0xffffffff) == 38 } } } USE p DEFAULT ALLOW", NUMBERS)
+    rendering = kafel.to_oci(parsed)
+    assert rendering.profile["syscalls"] == []
+    assert [line.split(":")[0] for line in rendering.skipped] == ["socket"]
