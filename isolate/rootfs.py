@@ -255,8 +255,7 @@ def unmount_under(folder: Path) -> list[str]:
     bug could leave, and it runs before any recursive delete of a sandbox's folders.
     """
     prefix = str(folder.resolve()).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as handle:
-        points = [line.split()[4].encode().decode("unicode_escape") for line in handle]
+    points = [point for _, point, _, _ in syscalls.mount_table()]
     found = sorted((point for point in points if (point + "/").startswith(prefix)), key=len, reverse=True)
     for point in found:
         syscalls.umount_detached(point)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 
 from .errors import HostError
 
@@ -13,6 +14,7 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_NOATIME, MS_REC, MS_PRIVATE = 0x2, 0x4, 0x8, 0x400, 0x4000, 0x40000
 MNT_DETACH = 2
+_OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -41,9 +43,11 @@ def umount_detached(target: str | os.PathLike[str]) -> None:
 
 
 def mount_table() -> list[tuple[str, str, str, list[str]]]:
-    """(source, mount point, file system type, options) of each mount this process sees."""
-    with open("/proc/self/mounts") as mounts:
-        return [(fields[0], fields[1], fields[2], fields[3].split(",")) for fields in (line.split() for line in mounts)]
+    """(source, mount point, file system type, options) of each mount the calling thread sees; the
+    kernel's octal escapes (a space is `\\040`) undone in the mount point."""
+    with open("/proc/thread-self/mounts") as mounts:
+        return [(fields[0], _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), fields[1]), fields[2], fields[3].split(","))
+                for fields in (line.split() for line in mounts)]
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,27 @@ def test_nsjail_runs_nothing_from_a_config_cut_short(manager, monkeypatch, tmp_p
             assert ran.returncode != 0 and "No command" in ran.stderr
     finally:
         sandbox.destroy()
+
+
+@needs_root
+def test_what_is_mounted_under_a_folder_with_a_space_in_its_name_is_found_and_detached(tmp_path):
+    """The mount table escapes a space as \\040; the mount point comes back as the path it is."""
+    inner = tmp_path / "a folder" / "inner"
+    inner.mkdir(parents=True)
+    outcome: list[object] = []
+
+    def in_a_namespace_of_its_own() -> None:  # this thread alone leaves the host's mount namespace
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWNS)
+            syscalls.mount("none", "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+            syscalls.mount("isolate-test", inner, "tmpfs", syscalls.MS_NOSUID)
+            listed = str(inner) in [point for _, point, _, _ in syscalls.mount_table()]
+            outcome.append((listed, rootfs.unmount_under(tmp_path / "a folder")))
+            outcome.append(str(inner) in [point for _, point, _, _ in syscalls.mount_table()])
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=in_a_namespace_of_its_own)
+    thread.start()
+    thread.join()
+    assert outcome == [(True, [str(inner)]), False]
