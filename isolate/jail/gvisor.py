@@ -5,9 +5,10 @@ How a sandbox starts:
    and the overlay root, the same writable layer as nsjail's (`userxattr`), at the sandbox's
    `root` folder, in a mount namespace of the jail's own: nothing is ever mounted in the
    host's namespace, and the kernel unmounts it all when runsc's processes end, however
-   they end. Its `sh` (root) joins the sandbox's cgroups, so runsc's own processes (the
-   Sentry, the gofer and the systrap stubs) are charged and limited (runsc is told to
-   leave cgroups alone, `--ignore-cgroups`).
+   they end.
+2. Its supervisor (`isolate-enter`, root) joins the sandbox's cgroups, so runsc's own
+   processes (the Sentry, the gofer and the systrap stubs) are charged and limited (runsc
+   is told to leave cgroups alone, `--ignore-cgroups`).
 3. `runsc run --detach` boots the OCI bundle written here: the agent as PID 1, root
    inside mapped to the sandbox's own host uid (so files in the upper layer belong to it,
    as with nsjail), no capabilities, no_new_privs, rlimits, no network but loopback,
@@ -237,7 +238,7 @@ class GvisorBackend:
         platform = best_platform(cache_path(self.libexec_dir))
         plan = spec.rootfs
         state, bundle, rootfs_dir = spec.run_dir / "runsc", spec.run_dir / "bundle", plan.mount_point
-        self.cleanup(spec.run_dir, plan.mount_point.parent)  # what a sandbox that ended left (runsc's record of it)
+        self._clear(spec.run_dir, plan.mount_point.parent)  # what a sandbox that ended left (runsc's record of it)
         bundle.mkdir(mode=0o700)
         rootfs_dir.mkdir(mode=0o755)
         (bundle / "config.json").write_text(json.dumps(render_spec(spec, rootfs_dir)))
@@ -274,15 +275,20 @@ class GvisorBackend:
         return int(pid_file.read_text())
 
     def cleanup(self, run_dir: Path, sandbox_dir: Path) -> None:
-        """runsc's state folder, the bundle, the root mount point and the slot's registration; processes
-        ended with the sandbox's cgroup, and the overlay with them (it was only mounted in their namespace).
+        """What `_clear` removes, and the slot's registration (a start's claim forgets ended ones itself)."""
+        self._clear(run_dir, sandbox_dir)
+        self.slots.forget_ended()
+
+    @staticmethod
+    def _clear(run_dir: Path, sandbox_dir: Path) -> None:
+        """runsc's state folder, the bundle and the root mount point; processes ended with the
+        sandbox's cgroup, and the overlay with them (it was only mounted in their namespace).
 
         The mount point is only ever rmdir'ed, never walked: were the overlay somehow mounted
         there in this namespace, a recursive delete would erase the sandbox's files.
         """
         mount_point = sandbox_dir / MOUNT_POINT
         rootfs.unmount_under(sandbox_dir)
-        self.slots.forget_ended()
         for folder in (run_dir / "runsc", run_dir / "bundle"):
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(folder)
