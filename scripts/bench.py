@@ -178,7 +178,7 @@ def main() -> None:
                 line(f"{backend}: cold start, network {label}", figures[f"network {label}"], median(figures["cold"]), "network none")
             line(f"{backend}: cold start from the warm pool", figures["pooled"], baselines[backend], alone)
             if figures["process"]:
-                baselines[f"{backend} process"] = line("gvisor: in runsc do, spawn + wait of true", figures["process"], bare, "bare")
+                baselines[f"{backend} process"] = line(f"{backend}: in runsc do, spawn + wait of true", figures["process"], bare, "bare")
                 line(f"{backend}: warm exec of true (in turns with it)", figures["warm"], baselines[f"{backend} process"], "spawn in runsc do")
             else:
                 line(f"{backend}: warm exec of true", figures["warm"], bare, "bare")
