@@ -7,6 +7,8 @@ EFAULT, EINVAL, ESRCH or ENOSYS and never acts. Only the policy's own errno coun
 
 from __future__ import annotations
 
+from .seccomp import X32_SYSCALL_BIT
+
 # x86_64 numbers; arguments chosen so that a call reaching the kernel fails harmlessly.
 NO_PID = 0x3FFFFFFF
 P = 1  # a pointer the kernel cannot read
@@ -119,10 +121,10 @@ ARGUMENT_CHECKS: dict[str, tuple[int, tuple[int, ...], str]] = {
     "socket-dccp": (41, (2, 6, 33), "EPROTONOSUPPORT"),
     "socket-l2tp-ip": (41, (2, 2, 115), "EPROTONOSUPPORT"),
     "socket-protocol-high-bits": (41, (2, 1, (1 << 32) | 132), "EPROTONOSUPPORT"),
-    "x32-getpid": (0x40000000 | 39, (), "ENOSYS"),
-    "x32-mount": (0x40000000 | 165, (P, P, P, 0, P), "ENOSYS"),
-    "x32-unshare": (0x40000000 | 272, (-1,), "ENOSYS"),
-    "x32-ptrace": (0x40000000 | 521, (16, NO_PID, 0, 0), "ENOSYS"),
+    "x32-getpid": (X32_SYSCALL_BIT | 39, (), "ENOSYS"),
+    "x32-mount": (X32_SYSCALL_BIT | 165, (P, P, P, 0, P), "ENOSYS"),
+    "x32-unshare": (X32_SYSCALL_BIT | 272, (-1,), "ENOSYS"),
+    "x32-ptrace": (X32_SYSCALL_BIT | 521, (16, NO_PID, 0, 0), "ENOSYS"),
     "unknown-syscall-number": (1000, (), "ENOSYS"),
     "personality-read-implies-exec": (135, (0x0400000,), "EPERM"),
 }
