@@ -84,7 +84,9 @@ def _nsjail() -> Check:
 
 
 def _tools() -> list[Check]:
-    compiler = shutil.which("cc") or shutil.which("gcc")
+    from .jail.launch import c_compiler
+
+    compiler = c_compiler()
     return [
         Check("C compiler", compiler is not None, compiler or "missing: sh and setpriv start jails, ~2 ms slower",
               "apt-get install gcc libc6-dev (isolate builds its start helper, jail/enter.c, once)", required=False),

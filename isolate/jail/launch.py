@@ -119,6 +119,11 @@ def attach_loop_device(disk: Disk) -> tuple[str, int]:
         os.close(backing)
 
 
+def c_compiler() -> str | None:
+    """The host's C compiler, which builds isolate-enter; None where there is none."""
+    return shutil.which("cc") or shutil.which("gcc")
+
+
 @functools.lru_cache(maxsize=4)
 def enter_helper(libexec_dir: Path) -> Path | None:
     """isolate-enter, built from enter.c once per version of it; None where no C compiler is."""
@@ -126,7 +131,7 @@ def enter_helper(libexec_dir: Path) -> Path | None:
     target = libexec_dir / f"isolate-enter-{hashlib.sha256(source).hexdigest()[:12]}"
     if target.exists():
         return target
-    compiler = shutil.which("cc") or shutil.which("gcc")
+    compiler = c_compiler()
     if compiler is None:
         return None
     libexec_dir.mkdir(mode=0o755, parents=True, exist_ok=True)

@@ -52,7 +52,7 @@ def entered(target: Path | int) -> Iterator[None]:
         try:
             yield
         finally:
-            _setns(home)  # if this failed the thread would stay inside: _check raises, loudly
+            _setns(home)  # if this failed the thread would stay inside: syscalls.setns raises, loudly
     finally:
         if isinstance(target, Path):
             os.close(fd)
