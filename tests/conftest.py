@@ -180,11 +180,7 @@ def worker_state_dir(manager: SandboxManager) -> Iterator[Path]:
         workers_manager.destroy(name)
     leftovers = cgroups.list_sandbox_cgroups(workers_manager.settings.instance)
     network = network_leftovers(workers_manager)
-    workers_manager.pool.drain()
-    workers_manager.clean_leftovers()
-    cgroups.remove_parent(workers_manager.settings.instance)
-    shutil.rmtree(path, ignore_errors=True)
-    shutil.rmtree(workers_manager.settings.runtime_dir, ignore_errors=True)
+    workers_manager.discard()
     assert not leftovers, f"worker tests left cgroups behind: {leftovers}"
     assert not network, f"worker tests left network state behind: {network}"
 
